@@ -1,0 +1,56 @@
+# kafka-assets: every target does its own set-up (virtualenv, install, jars, services).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MESSAGES ?= 20000
+
+.PHONY: help install jars services-up services-down status demo dev test test-unit lint clean
+
+help:
+	@echo "make demo           set up everything, run Kafka -> Spark -> PostgreSQL once (MESSAGES=$(MESSAGES))"
+	@echo "make test           set up everything, run unit + integration tests against real services"
+	@echo "make dev            Dagster UI + daemon (sensors on) over the running services: http://127.0.0.1:3000"
+	@echo "make services-up / services-down / status"
+
+$(STAMP): pyproject.toml
+	./scripts/install-system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+jars: install
+	$(PY) -m kafka_assets.local jars
+
+services-up: install
+	$(PY) -m kafka_assets.local up
+
+services-down:
+	@if [ -x $(PY) ]; then $(PY) -m kafka_assets.local down; fi
+
+status: install
+	$(PY) -m kafka_assets.local status
+
+demo: install
+	$(PY) -m kafka_assets.demo --messages $(MESSAGES)
+
+dev: services-up
+	set -a && . ./.env && set +a && $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# KAFKA_ASSETS_REQUIRE_SERVICES=1: a Kafka, Spark or PostgreSQL that cannot start fails the run.
+test: install
+	KAFKA_ASSETS_REQUIRE_SERVICES=1 $(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest -m "not integration"
+
+lint: install
+	$(VENV)/bin/ruff check kafka_assets kafka_assets_tests
+	$(VENV)/bin/ruff format --check kafka_assets kafka_assets_tests
+
+clean: services-down
+	rm -rf .local $(VENV) jvm/target

@@ -1,0 +1,1 @@
+"""kafka-assets: Kafka topics -> Spark Structured Streaming -> PostgreSQL, as Dagster assets."""

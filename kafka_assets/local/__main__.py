@@ -1,0 +1,42 @@
+"""`python -m kafka_assets.local {jars,up,down,status}`: the local stack, on loopback."""
+
+import argparse
+import sys
+
+from kafka_assets.local.jars import ensure_jars
+from kafka_assets.local.procs import ServiceError
+from kafka_assets.local.services import LocalServices, write_env_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kafka_assets.local", description=__doc__)
+    parser.add_argument("command", choices=["jars", "up", "down", "status"])
+    args = parser.parse_args(argv)
+    services = LocalServices.from_env()
+    try:
+        if args.command == "jars":
+            ensure_jars(quiet=False)
+            print("jars resolved into .local/jars")
+        elif args.command == "up":
+            endpoints = services.up()
+            env = endpoints.as_env(services.environ)
+            path = write_env_file(env)
+            for name, seconds in endpoints.timings.items():
+                print(f"  {name:<18} {seconds:6.1f}")
+            print(f"Kafka      {endpoints.bootstrap_servers}")
+            print(f"PostgreSQL {endpoints.warehouse_dsn}")
+            print(f"Settings   {path} (dagster dev loads it)")
+        elif args.command == "down":
+            stopped = services.down()
+            print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        else:
+            for name, state in services.status().items():
+                print(f"{name:<10} {state}")
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Resolve the JVM artifacts with Maven once into `.local/jars`: nothing downloads at run time."""
+
+import hashlib
+import os
+from pathlib import Path
+
+from kafka_assets.local.procs import ServiceError, require_tool, run
+from kafka_assets.paths import JARS_DIR, POM
+
+PROFILES = ("broker", "spark")
+
+
+def _stamp() -> str:
+    return hashlib.sha256(POM.read_bytes()).hexdigest()[:16]
+
+
+def _stamp_file(profile: str) -> Path:
+    return JARS_DIR / f".{profile}.resolved"
+
+
+def resolved(profile: str) -> bool:
+    stamp = _stamp_file(profile)
+    return stamp.exists() and stamp.read_text() == _stamp()
+
+
+def ensure_jars(profiles=PROFILES, *, quiet: bool = True) -> None:
+    """Run `mvn -P <profile> package` for each profile whose jars are missing or stale."""
+    mvn = None
+    for profile in profiles:
+        if resolved(profile):
+            continue
+        mvn = mvn or require_tool("mvn", "install Maven (Debian: apt-get install maven)")
+        out_dir = JARS_DIR / ("kafka" if profile == "broker" else profile)
+        if out_dir.exists():
+            for old in out_dir.glob("*.jar"):
+                old.unlink()
+        cmd = [mvn, "-B", "-f", str(POM), "-P", profile, "package"]
+        if quiet:
+            cmd.insert(1, "-q")
+        env = dict(os.environ)
+        try:
+            run(cmd, what=f"Maven resolution of the {profile} jars", env=env)
+        except ServiceError as exc:
+            raise ServiceError(
+                f"{exc}\nMaven could not resolve jvm/pom.xml profile '{profile}'. "
+                "It needs Maven Central to be reachable (or a populated ~/.m2)."
+            ) from exc
+        if not any(out_dir.glob("*.jar")):
+            raise ServiceError(f"Maven ran but {out_dir} holds no jars")
+        _stamp_file(profile).write_text(_stamp())

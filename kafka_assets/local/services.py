@@ -1,0 +1,130 @@
+"""Bring the local stack up and down, and describe it as the environment the code reads.
+
+`up()` honours servers the environment already names: a WAREHOUSE_DSN is used as it is and no
+PostgreSQL is started; KAFKA_BOOTSTRAP_SERVERS likewise for Kafka.
+"""
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka_assets.local.jars import ensure_jars
+from kafka_assets.local.kafka_broker import KafkaBroker
+from kafka_assets.local.postgres import LocalPostgres
+from kafka_assets.paths import ENV_FILE, LOCAL_DIR
+
+
+@dataclass
+class Endpoints:
+    bootstrap_servers: str
+    warehouse_dsn: str
+    dagster_pg_url: str
+    state_dir: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The settings `.env.example` documents, filled in for these services."""
+        base = base or {}
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "KAFKA_SECURITY_PROTOCOL": base.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+            "KAFKA_SASL_MECHANISM": base.get("KAFKA_SASL_MECHANISM", ""),
+            "KAFKA_SASL_USERNAME": base.get("KAFKA_SASL_USERNAME", ""),
+            "KAFKA_SASL_PASSWORD": base.get("KAFKA_SASL_PASSWORD", ""),
+            "KAFKA_SSL_CA_LOCATION": base.get("KAFKA_SSL_CA_LOCATION", ""),
+            "WAREHOUSE_DSN": self.warehouse_dsn,
+            "WAREHOUSE_SCHEMA": base.get("WAREHOUSE_SCHEMA", "shop"),
+            "SPARK_CHECKPOINT_BASE": str(self.state_dir / "spark" / "checkpoints"),
+            "SPARK_STAGING_BASE": str(self.state_dir / "spark" / "staging"),
+            "DAGSTER_HOME": str(self.state_dir / "dagster_home"),
+            "DAGSTER_PG_URL": self.dagster_pg_url,
+        }
+
+
+@dataclass
+class LocalServices:
+    state_dir: Path = LOCAL_DIR
+    kafka_port: int = 19092
+    controller_port: int = 19093
+    pg_port: int = 15432
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "LocalServices":
+        env = dict(os.environ if environ is None else environ)
+        return cls(
+            kafka_port=int(env.get("KAFKA_ASSETS_KAFKA_PORT", 19092)),
+            controller_port=int(env.get("KAFKA_ASSETS_CONTROLLER_PORT", 19093)),
+            pg_port=int(env.get("KAFKA_ASSETS_PG_PORT", 15432)),
+            environ=env,
+        )
+
+    @property
+    def broker(self) -> KafkaBroker:
+        return KafkaBroker(self.state_dir / "kafka", self.kafka_port, self.controller_port)
+
+    @property
+    def postgres(self) -> LocalPostgres:
+        return LocalPostgres(self.state_dir / "postgres", self.pg_port)
+
+    def up(self) -> Endpoints:
+        timings: dict[str, float] = {}
+        t = time.monotonic()
+        ensure_jars()
+        timings["jars_s"] = time.monotonic() - t
+
+        bootstrap = self.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if not bootstrap:
+            timings["kafka_start_s"] = self.broker.start()
+            bootstrap = self.broker.bootstrap_servers
+
+        dsn = self.environ.get("WAREHOUSE_DSN")
+        dagster_url = self.environ.get("DAGSTER_PG_URL", "")
+        if not dsn:
+            pg = self.postgres
+            timings["postgres_start_s"] = pg.start()
+            dsn = pg.dsn("warehouse")
+        endpoints = Endpoints(bootstrap, dsn, dagster_url, self.state_dir, timings)
+        write_dagster_yaml(Path(endpoints.as_env()["DAGSTER_HOME"]), postgres=bool(dagster_url))
+        return endpoints
+
+    def down(self) -> list[str]:
+        stopped = []
+        if self.broker.stop():
+            stopped.append("kafka")
+        if self.postgres.stop():
+            stopped.append("postgres")
+        return stopped
+
+    def status(self) -> dict[str, str]:
+        return {"kafka": self.broker.status(), "postgres": self.postgres.status()}
+
+
+def write_dagster_yaml(dagster_home: Path, *, postgres: bool) -> Path:
+    """Dagster keeps runs/events/schedules in PostgreSQL when DAGSTER_PG_URL is set, else SQLite.
+
+    Runs are queued one at a time: two runs of one stream would race on its checkpoint, and two
+    Spark drivers do not fit a small machine.
+    """
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    path = dagster_home / "dagster.yaml"
+    storage = (
+        "storage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_PG_URL\n" if postgres else ""
+    )
+    path.write_text(
+        "# Written by kafka_assets.local. DAGSTER_PG_URL set: dagster-postgres, else SQLite.\n"
+        + storage
+        + "telemetry:\n  enabled: false\n"
+        + "concurrency:\n  runs:\n    max_concurrent_runs: 1\n"
+    )
+    return path
+
+
+def write_env_file(env: Mapping[str, str], path: Path = ENV_FILE) -> Path:
+    path.write_text(
+        "# Written by `python -m kafka_assets.local up`; see .env.example for what each means.\n"
+        + "".join(f"{k}={v}\n" for k, v in env.items())
+    )
+    return path
