@@ -1,0 +1,95 @@
+"""The IO manager between Spark streams and the warehouse: staged Parquet micro-batches.
+
+A stream asset's output is the `StreamRun` it consumed; the data itself is already staged, one
+directory per micro-batch. Loading the input hands the downstream asset *every* staged batch of
+the stream; the warehouse IO manager skips those it has recorded. So a failed warehouse run loses
+nothing: its batches are simply still pending on the next run.
+"""
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dagster as dg
+from dagster_pyspark import LazyPySparkResource
+from pyspark.sql import DataFrame, SparkSession
+
+from kafka_assets.spark.resources import StreamingSettings
+from kafka_assets.spark.streams import StreamRun
+
+_BATCH_DIR = re.compile(r"query=([0-9a-f-]+)/batch=(\d+)$")
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    query_id: str
+    batch_id: int
+    path: str
+
+
+@dataclass(frozen=True)
+class StagedStream:
+    """All staged micro-batches of one stream, oldest first, with a transform to apply to each."""
+
+    stream: str
+    spark: SparkSession
+    batches: tuple[StagedBatch, ...]
+    transform: Callable[[DataFrame], DataFrame] | None = None
+
+    def map(self, transform: Callable[[DataFrame], DataFrame]) -> "StagedStream":
+        previous = self.transform
+        composed = transform if previous is None else (lambda df: transform(previous(df)))
+        return StagedStream(self.stream, self.spark, self.batches, composed)
+
+    def read(self, batch: StagedBatch) -> DataFrame:
+        df = self.spark.read.parquet(batch.path)
+        return self.transform(df) if self.transform else df
+
+
+def list_batches(spark: SparkSession, staging_path: str) -> list[StagedBatch]:
+    """List batch directories through Hadoop's FileSystem, so any Hadoop URI works."""
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    root = jvm.org.apache.hadoop.fs.Path(staging_path)
+    fs = root.getFileSystem(conf)
+    if not fs.exists(root):
+        return []
+    found: list[StagedBatch] = []
+    for query_dir in fs.listStatus(root):
+        if not query_dir.isDirectory() or not query_dir.getPath().getName().startswith("query="):
+            continue
+        for batch_dir in fs.listStatus(query_dir.getPath()):
+            path = batch_dir.getPath().toString()
+            match = _BATCH_DIR.search(path)
+            success = jvm.org.apache.hadoop.fs.Path(batch_dir.getPath(), "_SUCCESS")
+            if match and fs.exists(success):
+                found.append(StagedBatch(match.group(1), int(match.group(2)), path))
+    return sorted(found, key=lambda b: (b.query_id, b.batch_id))
+
+
+class StagingIOManager(dg.ConfigurableIOManager):
+    """Keeps a stream's run report beside its staged batches; loads them as a StagedStream."""
+
+    settings: StreamingSettings
+    pyspark: LazyPySparkResource
+
+    def handle_output(self, context: dg.OutputContext, obj: StreamRun) -> None:
+        spark = self.pyspark.spark_session
+        report = json.dumps(obj.__dict__, default=str)
+        target = f"{self.settings.staging_path(obj.stream)}/_runs/{obj.run_id}.json"
+        jvm = spark.sparkContext._jvm
+        path = jvm.org.apache.hadoop.fs.Path(target)
+        fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        out = fs.create(path, True)
+        try:
+            out.write(bytearray(report.encode()))
+        finally:
+            out.close()
+
+    def load_input(self, context: dg.InputContext) -> StagedStream:
+        stream = context.asset_key.path[-1]
+        spark = self.pyspark.spark_session
+        batches = list_batches(spark, self.settings.staging_path(stream))
+        context.log.info(f"{len(batches)} staged batches of {stream}")
+        return StagedStream(stream, spark, tuple(batches))

@@ -1,0 +1,315 @@
+"""Spark DataFrames into PostgreSQL tables: COPY into a temp table, then one set-based upsert.
+
+Two output types, one handler each:
+- `TableLoad`: staged stream micro-batches. Each batch is loaded in its own transaction together
+  with a ledger row `(table, query id, batch id)`; a batch already in the ledger is skipped, so a
+  retried or replayed batch never duplicates a row and a failed run loses nothing.
+- a plain Spark `DataFrame`: the table's full contents, replaced atomically.
+"""
+
+import io
+import json
+import time
+from dataclasses import dataclass
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from dagster_pyspark import LazyPySparkResource
+from psycopg import sql
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
+
+from kafka_assets.spark.staging import StagedBatch, StagedStream
+from kafka_assets.warehouse.resources import PostgresResource
+from kafka_assets.warehouse.tables import LEDGER, Column, TableSpec
+
+COPY_CHUNK_ROWS = 50_000
+PREVIEW_ROWS = 5
+
+
+@dataclass(frozen=True)
+class TableLoad:
+    """A warehouse asset's output: the staged streams whose batches belong in `table`."""
+
+    table: TableSpec
+    sources: tuple[StagedStream, ...]
+
+
+@dataclass
+class LoadStats:
+    batches_loaded: int = 0
+    batches_skipped: int = 0
+    rows_in: int = 0
+    rows_written: int = 0
+    seconds: float = 0.0
+
+
+def _ident_list(names: list[str] | tuple[str, ...]) -> sql.Composed:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def create_table_sql(spec: TableSpec, table: sql.Composable) -> sql.Composed:
+    cols = [
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.pg_type)) for c in spec.columns
+    ]
+    cols.append(sql.SQL("_loaded_at timestamptz NOT NULL DEFAULT now()"))
+    if spec.primary_key:
+        cols.append(sql.SQL("PRIMARY KEY ({})").format(_ident_list(spec.primary_key)))
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table, sql.SQL(", ").join(cols))
+
+
+def upsert_sql(spec: TableSpec, table: sql.Composable, incoming: sql.Identifier) -> sql.Composed:
+    """INSERT .. ON CONFLICT from the temp table, one row per key (the newest) per batch."""
+    names = spec.column_names
+    order = list(spec.primary_key) + list(spec.newer_than)
+    order_sql = sql.SQL(", ").join(
+        [sql.Identifier(c) for c in spec.primary_key]
+        + [sql.SQL("{} DESC").format(sql.Identifier(c)) for c in spec.newer_than]
+    )
+    non_key = [n for n in names if n not in spec.primary_key]
+    updates = sql.SQL(", ").join(
+        [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in non_key]
+        + [sql.SQL("_loaded_at = now()")]
+    )
+    query = sql.SQL(
+        "INSERT INTO {table} AS t ({cols}) SELECT DISTINCT ON ({pk}) {cols} FROM {incoming} "
+        "ORDER BY {order} ON CONFLICT ({pk}) DO UPDATE SET {updates}"
+    ).format(
+        table=table,
+        cols=_ident_list(names),
+        pk=_ident_list(spec.primary_key),
+        incoming=incoming,
+        order=order_sql if order else _ident_list(spec.primary_key),
+        updates=updates,
+    )
+    if spec.newer_than:
+        query += sql.SQL(" WHERE ({}) <= ({})").format(
+            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in spec.newer_than),
+            sql.SQL(", ").join(
+                sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in spec.newer_than
+            ),
+        )
+    return query
+
+
+def copy_arrow(cursor, table: sql.Composable, columns: list[str], data: pa.Table) -> int:
+    """Stream an Arrow table into COPY as CSV, in bounded chunks; returns rows sent."""
+    options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, _ident_list(columns))
+    sent = 0
+    with cursor.copy(copy_sql) as copy:
+        for batch in data.to_batches(max_chunksize=COPY_CHUNK_ROWS):
+            buf = io.BytesIO()
+            pacsv.write_csv(pa.Table.from_batches([batch]), buf, options)
+            copy.write(buf.getbuffer())
+            sent += batch.num_rows
+    return sent
+
+
+def ensure_ledger(conn, warehouse: PostgresResource) -> None:
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            " target_table text NOT NULL, stream text NOT NULL, query_id text NOT NULL,"
+            " batch_id bigint NOT NULL, rows_in bigint NOT NULL, rows_written bigint NOT NULL,"
+            " offsets jsonb, run_id text, loaded_at timestamptz NOT NULL DEFAULT now(),"
+            " PRIMARY KEY (target_table, query_id, batch_id))"
+        ).format(warehouse.table(LEDGER))
+    )
+
+
+def loaded_batches(conn, warehouse: PostgresResource, table: str) -> set[tuple[str, int]]:
+    rows = conn.execute(
+        sql.SQL("SELECT query_id, batch_id FROM {} WHERE target_table = %s").format(
+            warehouse.table(LEDGER)
+        ),
+        (table,),
+    ).fetchall()
+    return {(q, int(b)) for q, b in rows}
+
+
+class PostgresIOManager(dg.ConfigurableIOManager):
+    """Writes warehouse assets to `<schema>.<asset name>`; see the module docstring."""
+
+    warehouse: PostgresResource
+    pyspark: LazyPySparkResource
+
+    def handle_output(self, context: dg.OutputContext, obj: TableLoad | DataFrame) -> None:
+        if isinstance(obj, TableLoad):
+            spec, stats = obj.table, self._load_batches(context, obj)
+        elif isinstance(obj, DataFrame):
+            spec = spec_from_dataframe(context.asset_key.path[-1], obj)
+            stats = self._replace(spec, obj)
+        else:
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: the warehouse IO manager stores TableLoad "
+                f"or pyspark DataFrame outputs, not {type(obj).__name__}"
+            )
+        context.add_output_metadata(self._metadata(spec, stats))
+
+    # -- micro-batches ------------------------------------------------------------------------
+    def _load_batches(self, context: dg.OutputContext, load: TableLoad) -> LoadStats:
+        spec, stats = load.table, LoadStats()
+        target = self.warehouse.table(spec.name)
+        run_id = context.run_id
+        began = time.monotonic()
+        # Autocommit, so each `conn.transaction()` below is a real transaction, not a savepoint.
+        with self.warehouse.connect(autocommit=True) as conn:
+            conn.execute(create_table_sql(spec, target))
+            ensure_ledger(conn, self.warehouse)
+            done = loaded_batches(conn, self.warehouse, spec.name)
+            for source in load.sources:
+                for batch in source.batches:
+                    if (batch.query_id, batch.batch_id) in done:
+                        stats.batches_skipped += 1
+                        continue
+                    rows_in, rows_written = self._load_one(conn, spec, source, batch, run_id)
+                    if rows_in < 0:
+                        stats.batches_skipped += 1
+                        continue
+                    stats.batches_loaded += 1
+                    stats.rows_in += rows_in
+                    stats.rows_written += rows_written
+        stats.seconds = time.monotonic() - began
+        return stats
+
+    def _load_one(self, conn, spec: TableSpec, source: StagedStream, batch: StagedBatch, run_id):
+        """One batch, one transaction: rows and ledger commit together or not at all."""
+        data = source.read(batch).select(*spec.column_names).toArrow()
+        target = self.warehouse.table(spec.name)
+        incoming = sql.Identifier(f"_incoming_{spec.name}")
+        ledger = self.warehouse.table(LEDGER)
+        with conn.transaction(), conn.cursor() as cur:
+            # Serialises loaders of one table; the ledger re-check below makes a race harmless.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (spec.name,))
+            cur.execute(
+                sql.SQL(
+                    "SELECT 1 FROM {} WHERE target_table = %s AND query_id = %s AND batch_id = %s"
+                ).format(ledger),
+                (spec.name, batch.query_id, batch.batch_id),
+            )
+            if cur.fetchone():
+                return -1, 0
+            cur.execute(
+                sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
+                    incoming, target
+                )
+            )
+            rows_in = copy_arrow(cur, incoming, spec.column_names, data)
+            offsets = None
+            if spec.offset_columns:
+                part, off = (sql.Identifier(c) for c in spec.offset_columns)
+                cur.execute(
+                    sql.SQL(
+                        "SELECT {p}, min({o}), max({o}), count(*) FROM {i} GROUP BY {p}"
+                    ).format(p=part, o=off, i=incoming)
+                )
+                offsets = {str(p): [lo, hi, n] for p, lo, hi, n in cur.fetchall()}
+            cur.execute(upsert_sql(spec, target, incoming))
+            rows_written = max(cur.rowcount, 0)
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} (target_table, stream, query_id, batch_id, rows_in,"
+                    " rows_written, offsets, run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                ).format(ledger),
+                (
+                    spec.name,
+                    source.stream,
+                    batch.query_id,
+                    batch.batch_id,
+                    rows_in,
+                    rows_written,
+                    json.dumps(offsets) if offsets is not None else None,
+                    run_id,
+                ),
+            )
+        return rows_in, rows_written
+
+    # -- whole DataFrames -----------------------------------------------------------------------
+    def _replace(self, spec: TableSpec, df: DataFrame) -> LoadStats:
+        began = time.monotonic()
+        data = df.select(*spec.column_names).toArrow()
+        target = self.warehouse.table(spec.name)
+        with (
+            self.warehouse.connect(autocommit=True) as conn,
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
+            cur.execute(create_table_sql(spec, target))
+            cur.execute(sql.SQL("TRUNCATE {}").format(target))
+            rows = copy_arrow(cur, target, spec.column_names, data)
+        return LoadStats(
+            batches_loaded=1, rows_in=rows, rows_written=rows, seconds=time.monotonic() - began
+        )
+
+    def load_input(self, context: dg.InputContext) -> DataFrame:
+        name = context.asset_key.path[-1]
+        with self.warehouse.connect() as conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT * FROM {}").format(self.warehouse.table(name)))
+            columns = [d.name for d in cur.description or []]
+            rows = cur.fetchall()
+        table = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})
+        return self.pyspark.spark_session.createDataFrame(table.to_pandas())
+
+    # -- metadata --------------------------------------------------------------------------------
+    def _metadata(self, spec: TableSpec, stats: LoadStats) -> dict[str, object]:
+        target = self.warehouse.table(spec.name)
+        with self.warehouse.connect() as conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(target))
+            row_count = cur.fetchone()[0]
+            cur.execute(
+                sql.SQL("SELECT {} FROM {} ORDER BY _loaded_at DESC LIMIT %s").format(
+                    _ident_list(spec.column_names), target
+                ),
+                (PREVIEW_ROWS,),
+            )
+            preview = cur.fetchall()
+        header = "| " + " | ".join(spec.column_names) + " |\n"
+        header += "|" + "---|" * len(spec.column_names) + "\n"
+        body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in preview)
+        return {
+            "dagster/row_count": row_count,
+            "dagster/column_schema": spec.column_schema(),
+            "dagster/table_name": f"{self.warehouse.schema_name}.{spec.name}",
+            "preview": dg.MetadataValue.md(header + body),
+            "batches_loaded": stats.batches_loaded,
+            "batches_skipped": stats.batches_skipped,
+            "rows_in": stats.rows_in,
+            "rows_written": stats.rows_written,
+            "load_seconds": round(stats.seconds, 3),
+            "rows_per_s": round(stats.rows_in / stats.seconds, 1) if stats.seconds else 0.0,
+        }
+
+
+def _cell(value: object) -> str:
+    text = value.hex() if isinstance(value, bytes | memoryview) else str(value)
+    return text.replace("|", "\\|")[:60]
+
+
+_PG_TYPES = {
+    T.StringType: "text",
+    T.IntegerType: "integer",
+    T.LongType: "bigint",
+    T.ShortType: "smallint",
+    T.DoubleType: "double precision",
+    T.FloatType: "real",
+    T.BooleanType: "boolean",
+    T.TimestampType: "timestamptz",
+    T.DateType: "date",
+    T.DecimalType: "numeric",
+}
+
+
+def spec_from_dataframe(name: str, df: DataFrame) -> TableSpec:
+    """A table for a whole-DataFrame output: its columns map to PostgreSQL types, no key."""
+    columns = []
+    for field in df.schema.fields:
+        pg = _PG_TYPES.get(type(field.dataType))
+        if pg is None:
+            raise TypeError(
+                f"Column {field.name!r} of {name!r} has Spark type {field.dataType.simpleString()}"
+                ", which the warehouse IO manager does not map; cast it (e.g. to_json) first"
+            )
+        columns.append(Column(field.name, pg))
+    return TableSpec(name=name, columns=tuple(columns), primary_key=())
