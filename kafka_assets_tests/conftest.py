@@ -1,0 +1,86 @@
+"""Session fixtures: real services for integration tests, one Spark session for everything.
+
+Integration tests run against a real Kafka broker, a real PostgreSQL and real Spark, started here
+on free loopback ports under `.local/test`. When one cannot start, the tests skip locally but
+*fail* when KAFKA_ASSETS_REQUIRE_SERVICES=1 (set by `make test`, so by CI) or CI=true.
+"""
+
+import os
+import shutil
+import socket
+import uuid
+
+import pytest
+
+from kafka_assets.paths import LOCAL_DIR
+
+REQUIRE = os.environ.get("KAFKA_ASSETS_REQUIRE_SERVICES") == "1" or os.environ.get("CI") == "true"
+
+
+def unavailable(what: str, exc: BaseException):
+    message = f"{what} unavailable: {exc}"
+    if REQUIRE:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The project's own Spark settings (Kafka connector on the classpath), one JVM per session."""
+    try:
+        from kafka_assets.local.jars import ensure_jars
+        from kafka_assets.spark.resources import build_pyspark_resource
+
+        ensure_jars(("spark",))
+        session = build_pyspark_resource("local[2]").spark_session
+    except Exception as exc:  # noqa: BLE001 - reported as a skip or failure
+        unavailable("Spark", exc)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def services():
+    """Kafka + PostgreSQL for this test session (WAREHOUSE_DSN, if set, is used instead of PG)."""
+    from kafka_assets.local.services import LocalServices
+
+    state = LOCAL_DIR / "test"
+    shutil.rmtree(state / "kafka", ignore_errors=True)
+    shutil.rmtree(state / "spark", ignore_errors=True)
+    environ = {k: v for k, v in os.environ.items() if k == "WAREHOUSE_DSN"}
+    svc = LocalServices(
+        state_dir=state,
+        kafka_port=_free_port(),
+        controller_port=_free_port(),
+        pg_port=_free_port(),
+        environ=environ,
+    )
+    try:
+        endpoints = svc.up()
+    except Exception as exc:  # noqa: BLE001
+        try:
+            svc.down()
+        finally:
+            unavailable("Kafka/PostgreSQL", exc)
+    print(f"\nservices: {endpoints.timings}")
+    yield endpoints
+    svc.down()
+
+
+@pytest.fixture
+def pipeline_env(services, spark, monkeypatch, tmp_path):
+    """The environment `.env` would give, pointed at the test services, a fresh schema and state."""
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    env = services.as_env({"WAREHOUSE_SCHEMA": schema})
+    env["SPARK_CHECKPOINT_BASE"] = str(tmp_path / "checkpoints")
+    env["SPARK_STAGING_BASE"] = str(tmp_path / "staging")
+    env["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
