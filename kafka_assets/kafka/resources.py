@@ -78,8 +78,8 @@ class KafkaResource(dg.ConfigurableResource):
                 )
             opts["kafka.sasl.mechanism"] = self.sasl_mechanism
             opts["kafka.sasl.jaas.config"] = (
-                f"{module} required username={json.dumps(self.sasl_username)} "
-                f"password={json.dumps(self.sasl_password)};"
+                f"{module} required username={json.dumps(self.sasl_username, ensure_ascii=False)} "
+                f"password={json.dumps(self.sasl_password, ensure_ascii=False)};"
             )
         if self.ssl_ca_location:
             opts["kafka.ssl.truststore.type"] = "PEM"

@@ -24,6 +24,7 @@ def reconcile(
     stream's committed end offset (nothing consumed is missing). Offsets of a non-transactional
     producer are contiguous, which the idempotent producer here is.
     """
+    end_offsets = {str(p): int(e) for p, e in end_offsets.items()}
     per: dict[str, dict[str, int]] = {}
     for part, lo, hi, n in ledger:
         agg = per.setdefault(str(part), {"first": lo, "last": hi, "rows": 0})
