@@ -1,0 +1,233 @@
+"""In-memory stand-ins for the live resources, so assets and sensors run unchanged in unit tests.
+
+`FakeKafka` is a real `KafkaResource` (same config fields, same `client_config`/`spark_options`)
+whose broker operations work on topics held in memory. The topics live in a `FakeBroker` held in
+a private attribute of each instance, never on the class, so two fakes never share topics.
+
+Dagster never hands the configured instance itself to an asset or sensor: it rebuilds the
+resource from its config fields (`_with_updated_values`), which would give every run an empty
+broker. `FakeKafka` passes its broker on to those copies, so a test sees what a run produced.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from pydantic import PrivateAttr
+
+from kafka_assets.kafka.resources import KafkaResource, Offsets, TopicConfigError, TopicState
+
+
+@dataclass
+class FakeTopic:
+    name: str
+    replication_factor: int
+    config: dict[str, str]
+    partitions: list[list[tuple[bytes | None, bytes]]] = field(default_factory=list)
+    """Per partition, the (key, value) records in offset order."""
+
+
+@dataclass(frozen=True)
+class FakeMessage:
+    """What confluent_kafka hands to a delivery callback: accessors, not attributes."""
+
+    _topic: str
+    _partition: int
+    _offset: int
+    _key: bytes | None
+    _value: bytes
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class FakeDeliveryError(Exception):
+    """Stands in for confluent_kafka.KafkaError in a failed delivery report."""
+
+
+@dataclass
+class FakeBroker:
+    """The state of one fake cluster, shared by a FakeKafka and the copies Dagster makes of it."""
+
+    topics: dict[str, FakeTopic] = field(default_factory=dict)
+    producers: list[FakeProducer] = field(default_factory=list)
+
+
+class FakeProducer:
+    """The subset of confluent_kafka.Producer the producer asset uses.
+
+    Messages are queued by `produce` and appended to their partition on `poll`/`flush`, where
+    the delivery callback runs, as librdkafka does. With `fail` set, every delivery report is
+    an error and nothing is appended; so is a message for a topic that does not exist.
+    """
+
+    def __init__(self, kafka: FakeKafka, fail: bool = False):
+        self._kafka = kafka
+        self._fail = fail
+        self._queue: list[tuple[str, bytes | None, bytes, Callable | None]] = []
+        self.produced = 0
+
+    def produce(self, topic, value=None, key=None, on_delivery=None, **_ignored) -> None:
+        if isinstance(value, str):
+            value = value.encode()
+        if isinstance(key, str):
+            key = key.encode()
+        self._queue.append((topic, key, value, on_delivery))
+        self.produced += 1
+
+    def poll(self, timeout: float = 0) -> int:
+        return self._deliver()
+
+    def flush(self, timeout: float = -1) -> int:
+        self._deliver()
+        return len(self._queue)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def _deliver(self) -> int:
+        queued, self._queue = self._queue, []
+        for topic, key, value, callback in queued:
+            # Topic auto-creation is off in this project: an unknown topic fails the delivery.
+            if self._fail or topic not in self._kafka._broker.topics:
+                reason = "fake delivery failure" if self._fail else "Unknown topic or partition"
+                if callback:
+                    failed = FakeMessage(topic, -1, -1, key, value)
+                    callback(FakeDeliveryError(f"Broker: {reason}"), failed)
+                continue
+            partition, offset = self._kafka._append(topic, key, value)
+            if callback:
+                callback(None, FakeMessage(topic, partition, offset, key, value))
+        return len(queued)
+
+
+class FakeKafka(KafkaResource):
+    """A broker in memory: topics, partitions, configs, end offsets and a producer."""
+
+    fail_deliveries: bool = False
+    """Every delivery report of `producer()` is an error (the broker never acknowledges)."""
+
+    _broker: FakeBroker = PrivateAttr(default_factory=FakeBroker)
+
+    def _with_updated_values(self, values):
+        copy = super()._with_updated_values(values)
+        copy._broker = self._broker
+        return copy
+
+    # -- test helpers -----------------------------------------------------------------------
+    def create(
+        self,
+        name: str,
+        partitions: int,
+        replication_factor: int = 1,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
+        """Create a topic directly, as another client of the broker would."""
+        if name in self._broker.topics:
+            raise ValueError(f"topic {name} exists")
+        self._broker.topics[name] = FakeTopic(
+            name, replication_factor, dict(config or {}), [[] for _ in range(partitions)]
+        )
+
+    def append(self, topic: str, partition: int, count: int = 1) -> None:
+        """Append `count` records to one partition, moving its end offset."""
+        for _ in range(count):
+            self._broker.topics[topic].partitions[partition].append((None, b"{}"))
+
+    def records(self, topic: str) -> list[list[tuple[bytes | None, bytes]]]:
+        return [list(p) for p in self._broker.topics[topic].partitions]
+
+    def topic_names(self) -> list[str]:
+        return sorted(self._broker.topics)
+
+    @property
+    def producers(self) -> list[FakeProducer]:
+        return list(self._broker.producers)
+
+    def _append(self, topic: str, key: bytes | None, value: bytes) -> tuple[int, int]:
+        parts = self._broker.topics[topic].partitions
+        # A stable hash (Python's hash() of bytes is salted per process).
+        index = (zlib.crc32(key) if key is not None else sum(map(len, parts))) % len(parts)
+        parts[index].append((key, value))
+        return index, len(parts[index]) - 1
+
+    # -- KafkaResource ----------------------------------------------------------------------
+    def admin(self):
+        raise AssertionError("FakeKafka has no AdminClient; use its overridden operations")
+
+    def producer(self, **overrides: object) -> FakeProducer:
+        producer = FakeProducer(self, fail=self.fail_deliveries)
+        self._broker.producers.append(producer)
+        return producer
+
+    def end_offsets(self, topics: Iterable[str]) -> Offsets:
+        result: Offsets = {}
+        for name in topics:
+            topic = self._broker.topics.get(name)
+            result[name] = (
+                {p: len(records) for p, records in enumerate(topic.partitions)} if topic else {}
+            )
+        return result
+
+    def describe_topic(self, name: str) -> TopicState | None:
+        topic = self._broker.topics.get(name)
+        if topic is None:
+            return None
+        return TopicState(
+            name=name,
+            partitions=len(topic.partitions),
+            replication_factor=topic.replication_factor,
+            config=dict(topic.config),
+            end_offsets=self.end_offsets([name])[name],
+        )
+
+    def ensure_topic(
+        self,
+        name: str,
+        partitions: int,
+        replication_factor: int,
+        config: Mapping[str, str],
+    ) -> TopicState:
+        current = self.describe_topic(name)
+        if current is None:
+            settings = {k: str(v) for k, v in config.items()}
+            self.create(name, partitions, replication_factor, settings)
+            state = self.describe_topic(name)
+            assert state is not None
+            return TopicState(**{**state.__dict__, "created": True})
+        if partitions < current.partitions:
+            raise TopicConfigError(
+                f"Topic '{name}' has {current.partitions} partitions and cannot shrink to "
+                f"{partitions}: Kafka only adds partitions. "
+                f"Keep partitions >= {current.partitions} or create a new topic."
+            )
+        if replication_factor != current.replication_factor:
+            raise TopicConfigError(
+                f"Topic '{name}' has replication factor {current.replication_factor}, not "
+                f"{replication_factor}; changing it needs a partition reassignment, which this "
+                "asset does not do."
+            )
+        topic = self._broker.topics[name]
+        added = partitions - current.partitions
+        topic.partitions.extend([] for _ in range(added))
+        changed = {k: str(v) for k, v in config.items() if current.config.get(k) != str(v)}
+        topic.config.update(changed)
+        state = self.describe_topic(name)
+        assert state is not None
+        return TopicState(
+            **{**state.__dict__, "partitions_added": added, "config_changed": changed}
+        )

@@ -1,0 +1,264 @@
+"""The parsing and aggregating transforms, on batch DataFrames shaped like Spark's Kafka source.
+
+The generator says which messages it broke; the transforms must reject exactly those, with a
+reason a person can read, and keep every other message with typed fields.
+"""
+
+import json
+import re
+from collections import defaultdict
+from datetime import UTC, datetime
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from kafka_assets.kafka.generator import (
+    ORDER_STATUSES,
+    ORDERS_TOPIC,
+    PAGE_VIEWS_TOPIC,
+    GeneratedMessage,
+    GeneratorConfig,
+    generate,
+)
+from kafka_assets.spark import transforms
+
+START = datetime(2026, 11, 24, 19, 20, tzinfo=UTC)
+KAFKA_TIMESTAMP = datetime(2026, 11, 24, 20, 0, tzinfo=UTC)
+PARTITIONS = 3
+
+KAFKA_SOURCE_SCHEMA = T.StructType(
+    [
+        T.StructField("key", T.BinaryType()),
+        T.StructField("value", T.BinaryType()),
+        T.StructField("topic", T.StringType()),
+        T.StructField("partition", T.IntegerType()),
+        T.StructField("offset", T.LongType()),
+        T.StructField("timestamp", T.TimestampType()),
+        T.StructField("timestampType", T.IntegerType()),
+    ]
+)
+
+
+def kafka_frame(
+    spark: SparkSession, topic: str, messages: list[GeneratedMessage]
+) -> tuple[DataFrame, dict[tuple[int, int], GeneratedMessage]]:
+    """The topic's messages as Spark's Kafka source yields them, keyed by (partition, offset)."""
+    by_position: dict[tuple[int, int], GeneratedMessage] = {}
+    next_offset = [0] * PARTITIONS
+    rows = []
+    for i, m in enumerate(x for x in messages if x.topic == topic):
+        partition = i % PARTITIONS
+        offset = next_offset[partition]
+        next_offset[partition] += 1
+        by_position[(partition, offset)] = m
+        rows.append((m.key, m.value, topic, partition, offset, KAFKA_TIMESTAMP, 0))
+    return spark.createDataFrame(rows, KAFKA_SOURCE_SCHEMA), by_position
+
+
+def epoch_ms(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def expected_reason(topic: str, value: bytes) -> str:
+    """The reason a generator-broken message must be rejected with, as a regex.
+
+    Read from the message itself: which of the generator's malformations it carries.
+    """
+    try:
+        doc = json.loads(value)
+    except (UnicodeDecodeError, ValueError):
+        return re.escape("invalid JSON")
+    entity = "order_id" if topic == ORDERS_TOPIC else "session_id"
+    for field in (entity, "event_time"):
+        if doc.get(field) is None:
+            return re.escape(f"missing field: {field}")
+    if topic == PAGE_VIEWS_TOPIC and not isinstance(doc.get("user_id"), str | None):
+        return re.escape("invalid user_id: ") + ".*" + str(doc["user_id"])
+    if topic == ORDERS_TOPIC and isinstance(doc["amount"], str):
+        return re.escape(f"invalid amount: {doc['amount']}")
+    if topic == ORDERS_TOPIC and any(not isinstance(i["quantity"], int) for i in doc["items"]):
+        return re.escape("invalid items: ") + ".*"
+    if not re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", doc["event_time"]):
+        return re.escape(f"invalid event_time: {doc['event_time']}")
+    if topic == ORDERS_TOPIC and doc["status"] not in ORDER_STATUSES:
+        return re.escape(f"unknown status: {doc['status']}")
+    raise AssertionError(f"generator marked a message malformed that looks valid: {value!r}")
+
+
+@pytest.fixture(scope="module")
+def messages() -> list[GeneratedMessage]:
+    # 5 events/s spreads the 3000 messages over 10 minutes of event time: ten windows, late events.
+    config = GeneratorConfig(seed=7, malformed_fraction=0.05, events_per_second=5.0)
+    return list(generate(3000, config, START))
+
+
+@pytest.fixture(scope="module")
+def orders(spark, messages):
+    return kafka_frame(spark, ORDERS_TOPIC, messages)
+
+
+@pytest.fixture(scope="module")
+def page_views(spark, messages):
+    return kafka_frame(spark, PAGE_VIEWS_TOPIC, messages)
+
+
+def _collect(df: DataFrame) -> list:
+    return df.withColumn("event_time_ms", F.unix_millis("event_time")).collect()
+
+
+def _check_one_row_per_message(rows, by_position, topic: str) -> None:
+    positions = [(r.partition, r.offset) for r in rows]
+    assert len(positions) == len(set(positions)) == len(by_position)
+    assert set(positions) == set(by_position)
+    assert {r.topic for r in rows} == {topic}
+    assert sum(m.malformed for m in by_position.values()) >= 20  # the case is exercised
+
+
+def _check_errors(rows, by_position, topic: str) -> None:
+    valid = {pos for pos, m in by_position.items() if not m.malformed}
+    assert {(r.partition, r.offset) for r in rows if r.error is None} == valid
+    for r in rows:
+        m = by_position[(r.partition, r.offset)]
+        assert r.key == (m.key.decode() if m.key is not None else None)
+        if r.error is None:
+            assert r.raw_value is None
+            continue
+        assert re.fullmatch(expected_reason(topic, m.value), r.error), (r.error, m.value)
+        assert r.raw_value == "\\x" + m.value.hex()
+
+
+def test_order_events_one_row_per_message(orders) -> None:
+    df, by_position = orders
+    _check_one_row_per_message(_collect(transforms.order_events(df)), by_position, ORDERS_TOPIC)
+
+
+def test_order_events_reject_exactly_the_broken_messages(orders) -> None:
+    df, by_position = orders
+    _check_errors(_collect(transforms.order_events(df)), by_position, ORDERS_TOPIC)
+
+
+def test_order_events_valid_rows_are_typed(orders) -> None:
+    df, by_position = orders
+    out = transforms.order_events(df)
+    assert dict(out.dtypes)["event_time"] == "timestamp"
+    assert dict(out.dtypes)["amount"] == "double"
+    for r in _collect(out.where("error IS NULL")):
+        doc = json.loads(by_position[(r.partition, r.offset)].value)
+        assert r.event_time_ms == epoch_ms(doc["event_time"])
+        assert (r.event_id, r.order_id, r.status, r.customer_id, r.currency) == (
+            doc["event_id"],
+            doc["order_id"],
+            doc["status"],
+            doc["customer_id"],
+            doc["currency"],
+        )
+        assert r.amount == doc["amount"]
+        assert json.loads(r.items) == doc["items"]
+
+
+def test_page_view_events_one_row_per_message(page_views) -> None:
+    df, by_position = page_views
+    rows = _collect(transforms.page_view_events(df))
+    _check_one_row_per_message(rows, by_position, PAGE_VIEWS_TOPIC)
+
+
+def test_page_view_events_reject_exactly_the_broken_messages(page_views) -> None:
+    df, by_position = page_views
+    _check_errors(_collect(transforms.page_view_events(df)), by_position, PAGE_VIEWS_TOPIC)
+
+
+def test_page_view_events_valid_rows_are_typed(page_views) -> None:
+    df, by_position = page_views
+    out = transforms.page_view_events(df)
+    assert dict(out.dtypes)["event_time"] == "timestamp"
+    for r in _collect(out.where("error IS NULL")):
+        doc = json.loads(by_position[(r.partition, r.offset)].value)
+        assert r.event_time_ms == epoch_ms(doc["event_time"])
+        assert (r.event_id, r.session_id, r.user_id, r.page, r.referrer) == (
+            doc["event_id"],
+            doc["session_id"],
+            doc["user_id"],
+            doc["page"],
+            doc["referrer"],
+        )
+
+
+def test_empty_value_is_rejected(spark) -> None:
+    df = spark.createDataFrame(
+        [(b"o-1", None, ORDERS_TOPIC, 0, 0, KAFKA_TIMESTAMP, 0)], KAFKA_SOURCE_SCHEMA
+    )
+    (row,) = transforms.order_events(df).collect()
+    assert row.error == "empty message value"
+
+
+def _valid_docs(messages, topic: str) -> list[dict]:
+    return [json.loads(m.value) for m in messages if m.topic == topic and not m.malformed]
+
+
+def _minute(text: str) -> int:
+    return epoch_ms(text) // 60_000 * 60_000
+
+
+def test_revenue_per_minute_matches_python(orders, messages) -> None:
+    df, _ = orders
+    expected: dict[tuple[int, str], list[float]] = defaultdict(list)
+    for doc in _valid_docs(messages, ORDERS_TOPIC):
+        if doc["status"] == "paid":
+            expected[(_minute(doc["event_time"]), doc["currency"])].append(doc["amount"])
+    assert len({start for start, _ in expected}) >= 10
+
+    rows = (
+        transforms.revenue_per_minute(df)
+        .select(
+            F.unix_millis("window_start").alias("start"),
+            F.unix_millis("window_end").alias("end"),
+            "currency",
+            "revenue",
+            "orders",
+        )
+        .collect()
+    )
+
+    got = {(r.start, r.currency): r for r in rows}
+    assert set(got) == set(expected)
+    for (start, currency), amounts in expected.items():
+        r = got[(start, currency)]
+        assert r.end - r.start == 60_000
+        assert r.orders == len(amounts)
+        # Both sides round a float sum to cents; summation order may differ by a last bit.
+        assert r.revenue == pytest.approx(round(sum(amounts), 2), abs=0.0051)
+
+
+def test_page_view_counts_match_python(page_views, messages) -> None:
+    df, _ = page_views
+    views: dict[tuple[int, str], int] = defaultdict(int)
+    sessions: dict[tuple[int, str], set[str]] = defaultdict(set)
+    for doc in _valid_docs(messages, PAGE_VIEWS_TOPIC):
+        window = (_minute(doc["event_time"]), doc["page"])
+        views[window] += 1
+        sessions[window].add(doc["session_id"])
+
+    rows = (
+        transforms.page_view_counts(df)
+        .select(
+            F.unix_millis("window_start").alias("start"),
+            F.unix_millis("window_end").alias("end"),
+            "page",
+            "views",
+            "sessions",
+        )
+        .collect()
+    )
+
+    got = {(r.start, r.page): r for r in rows}
+    assert set(got) == set(views)
+    assert sum(r.views for r in rows) == sum(views.values())
+    for window, count in views.items():
+        r = got[window]
+        assert r.end - r.start == 60_000
+        assert r.views == count
+        # approx_count_distinct is HyperLogLog++ with a 5 % relative standard deviation.
+        exact = len(sessions[window])
+        assert abs(r.sessions - exact) <= max(1, 0.15 * exact), (window, r.sessions, exact)

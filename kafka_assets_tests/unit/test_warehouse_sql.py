@@ -1,0 +1,198 @@
+"""Warehouse SQL as rendered text, the reconciliation arithmetic, and DataFrame table specs."""
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from psycopg import sql
+from pyspark.sql import types as T
+
+from kafka_assets.warehouse.checks import reconcile
+from kafka_assets.warehouse.io_manager import create_table_sql, spec_from_dataframe, upsert_sql
+from kafka_assets.warehouse.resources import PostgresResource
+from kafka_assets.warehouse.tables import (
+    ORDERS,
+    PAGE_VIEW_COUNTS,
+    PAGE_VIEWS,
+    QUARANTINE,
+    REVENUE_PER_MINUTE,
+    TableSpec,
+)
+
+ALL_TABLES = (ORDERS, PAGE_VIEWS, QUARANTINE, REVENUE_PER_MINUTE, PAGE_VIEW_COUNTS)
+WAREHOUSE = PostgresResource(dsn="postgresql://unused", schema_name="shop")
+
+
+def render(composed: sql.Composable) -> str:
+    """Render without a connection: psycopg >= 3.2 accepts a None context for plain SQL."""
+    return composed.as_string(None)
+
+
+def quoted(names) -> str:
+    return ", ".join(f'"{n}"' for n in names)
+
+
+# -- DDL and upserts ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ALL_TABLES, ids=lambda s: s.name)
+def test_create_table_sql(spec: TableSpec) -> None:
+    text = render(create_table_sql(spec, WAREHOUSE.table(spec.name)))
+
+    assert text.startswith(f'CREATE TABLE IF NOT EXISTS "shop"."{spec.name}" (')
+    for column in spec.columns:
+        assert f'"{column.name}" {column.pg_type}' in text
+    assert "_loaded_at timestamptz NOT NULL DEFAULT now()" in text
+    assert text.endswith(f"PRIMARY KEY ({quoted(spec.primary_key)}))")
+
+
+@pytest.mark.parametrize("spec", ALL_TABLES, ids=lambda s: s.name)
+def test_upsert_sql_is_one_row_per_key_with_on_conflict(spec: TableSpec) -> None:
+    incoming = sql.Identifier(f"_incoming_{spec.name}")
+    text = render(upsert_sql(spec, WAREHOUSE.table(spec.name), incoming))
+
+    cols, pk = quoted(spec.column_names), quoted(spec.primary_key)
+    assert text.startswith(f'INSERT INTO "shop"."{spec.name}" AS t ({cols}) ')
+    assert f'SELECT DISTINCT ON ({pk}) {cols} FROM "_incoming_{spec.name}" ORDER BY {pk}' in text
+    assert f"ON CONFLICT ({pk}) DO UPDATE SET " in text
+    for name in spec.column_names:
+        assignment = f'"{name}" = EXCLUDED."{name}"'
+        # Key columns identify the row; every other column takes the incoming value.
+        assert (assignment in text) == (name not in spec.primary_key), name
+    assert "_loaded_at = now()" in text
+
+
+def test_orders_upsert_never_lets_an_older_event_win() -> None:
+    text = render(upsert_sql(ORDERS, WAREHOUSE.table("orders"), sql.Identifier("_incoming_orders")))
+
+    # Within a batch the newest event per order is picked ...
+    assert 'ORDER BY "order_id", "event_time" DESC, "source_offset" DESC ON CONFLICT' in text
+    # ... and it replaces the stored row only if it is at least as new.
+    assert text.endswith(
+        'WHERE (t."event_time", t."source_offset")'
+        ' <= (EXCLUDED."event_time", EXCLUDED."source_offset")'
+    )
+
+
+@pytest.mark.parametrize("spec", [PAGE_VIEWS, QUARANTINE, REVENUE_PER_MINUTE, PAGE_VIEW_COUNTS])
+def test_other_upserts_have_no_recency_guard(spec: TableSpec) -> None:
+    text = render(upsert_sql(spec, WAREHOUSE.table(spec.name), sql.Identifier("_incoming")))
+    assert " WHERE " not in text
+    assert text.endswith("_loaded_at = now()")
+
+
+def test_identifiers_are_quoted_not_interpolated() -> None:
+    hostile = PostgresResource(dsn="postgresql://unused", schema_name='x"; DROP TABLE y; --')
+    text = render(create_table_sql(ORDERS, hostile.table("orders")))
+    assert text.startswith('CREATE TABLE IF NOT EXISTS "x""; DROP TABLE y; --"."orders" (')
+
+
+# -- reconciliation -------------------------------------------------------------------------------
+
+
+def test_reconcile_passes_for_contiguous_ranges_reaching_the_end() -> None:
+    # Partition 0 split over two batches and over the valid and the quarantine tables.
+    ledger = [("0", 0, 99, 90), ("0", 3, 97, 10), ("0", 100, 149, 50), ("1", 0, 9, 10)]
+
+    ok, per = reconcile(ledger, {"0": 150, "1": 10, "2": 0})
+
+    assert ok
+    assert per["0"] == {
+        "first": 0,
+        "last": 149,
+        "rows": 150,
+        "covered": 150,
+        "consumed_end": 150,
+        "missing": 0,
+    }
+    assert per["1"]["rows"] == per["1"]["covered"] == 10
+    assert "2" not in per  # an empty partition needs no rows
+
+
+def test_reconcile_accepts_a_stream_that_started_after_offset_zero() -> None:
+    ok, per = reconcile([("0", 500, 599, 100)], {"0": 600})
+    assert ok and per["0"]["covered"] == 100
+
+
+def test_reconcile_fails_on_a_gap() -> None:
+    ok, per = reconcile([("0", 0, 99, 100), ("0", 120, 149, 30)], {"0": 150})
+    assert not ok
+    assert (per["0"]["rows"], per["0"]["covered"]) == (130, 150)
+
+
+def test_reconcile_fails_on_a_duplicate_count() -> None:
+    ok, per = reconcile([("0", 0, 99, 100), ("0", 50, 149, 100)], {"0": 150})
+    assert not ok
+    assert (per["0"]["rows"], per["0"]["covered"]) == (200, 150)
+
+
+def test_reconcile_fails_when_consumed_beyond_what_landed() -> None:
+    ok, per = reconcile([("0", 0, 99, 100)], {"0": 150})
+    assert not ok
+    assert per["0"]["missing"] == 50
+
+
+def test_reconcile_fails_for_a_consumed_partition_with_no_rows() -> None:
+    ok, per = reconcile([("0", 0, 9, 10)], {"0": 10, "1": 5})
+    assert not ok
+    assert per["1"]["rows"] == 0 and per["1"]["missing"] == 5
+
+
+# -- whole-DataFrame tables -----------------------------------------------------------------------
+
+
+def test_spec_from_dataframe_maps_spark_types(spark) -> None:
+    schema = T.StructType(
+        [
+            T.StructField("name", T.StringType()),
+            T.StructField("n", T.IntegerType()),
+            T.StructField("big", T.LongType()),
+            T.StructField("ratio", T.DoubleType()),
+            T.StructField("flag", T.BooleanType()),
+            T.StructField("at", T.TimestampType()),
+            T.StructField("day", T.DateType()),
+            T.StructField("price", T.DecimalType(10, 2)),
+        ]
+    )
+    row = ("a", 1, 2, 0.5, True, dt.datetime(2026, 1, 1), dt.date(2026, 1, 1), Decimal("1.25"))
+    df = spark.createDataFrame([row], schema)
+
+    spec = spec_from_dataframe("summary", df)
+
+    assert spec.name == "summary" and spec.primary_key == ()
+    assert [(c.name, c.pg_type) for c in spec.columns] == [
+        ("name", "text"),
+        ("n", "integer"),
+        ("big", "bigint"),
+        ("ratio", "double precision"),
+        ("flag", "boolean"),
+        ("at", "timestamptz"),
+        ("day", "date"),
+        ("price", "numeric"),
+    ]
+    text = render(create_table_sql(spec, WAREHOUSE.table("summary")))
+    assert "PRIMARY KEY" not in text
+
+
+@pytest.mark.parametrize(
+    ("data_type", "value"),
+    [
+        (T.ArrayType(T.StringType()), ["a"]),
+        (T.MapType(T.StringType(), T.LongType()), {"a": 1}),
+        (T.StructType([T.StructField("x", T.LongType())]), (1,)),
+        (T.BinaryType(), b"\x00"),
+    ],
+    ids=["array", "map", "struct", "binary"],
+)
+def test_spec_from_dataframe_rejects_unmapped_types(spark, data_type, value) -> None:
+    schema = T.StructType(
+        [T.StructField("ok", T.StringType()), T.StructField("payload", data_type)]
+    )
+    df = spark.createDataFrame([("a", value)], schema)
+
+    with pytest.raises(TypeError) as excinfo:
+        spec_from_dataframe("events", df)
+
+    message = str(excinfo.value)
+    assert "'payload'" in message and "'events'" in message
+    assert data_type.simpleString() in message
