@@ -16,13 +16,14 @@ from pathlib import Path
 import dagster as dg
 
 
-def _materialize(defs, instance, selection, run_config=None, tags=None, checks=()):
-    from kafka_assets.definitions import asset_checks, assets
+def run_selection(instance, selection, checks=(), run_config=None, tags=None):
+    """Materialize `selection` (and `checks`) in process, as a sensor's run request would."""
+    from kafka_assets.definitions import asset_checks, assets, defs
 
     chosen = dg.AssetSelection.assets(*selection)
     if checks:
         chosen = chosen | dg.AssetSelection.checks(*checks)
-    result = dg.materialize(
+    return dg.materialize(
         [*assets, *asset_checks],
         selection=chosen,
         instance=instance,
@@ -31,6 +32,10 @@ def _materialize(defs, instance, selection, run_config=None, tags=None, checks=(
         tags=tags,
         raise_on_error=False,
     )
+
+
+def _materialize(defs, instance, selection, run_config=None, tags=None, checks=()):
+    result = run_selection(instance, selection, checks, run_config, tags)
     if not result.success:
         failures = [e.message for e in result.all_events if e.is_failure]
         raise SystemExit(f"run {result.run_id} failed: {failures[:3]}")

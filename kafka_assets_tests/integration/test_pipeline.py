@@ -7,6 +7,7 @@ import dagster as dg
 import psycopg
 import pytest
 
+from kafka_assets.demo import run_selection
 from kafka_assets.kafka.generator import GeneratorConfig, generate
 
 pytestmark = pytest.mark.integration
@@ -15,19 +16,7 @@ START = "2026-11-24T10:00:00Z"
 
 
 def _run(selection, instance, checks=(), run_config=None, tags=None):
-    from kafka_assets.definitions import asset_checks, assets, defs
-
-    chosen = dg.AssetSelection.assets(*selection)
-    if checks:
-        chosen = chosen | dg.AssetSelection.checks(*checks)
-    result = dg.materialize(
-        [*assets, *asset_checks],
-        selection=chosen,
-        instance=instance,
-        resources=defs.resources,
-        run_config=run_config,
-        tags=tags,
-    )
+    result = run_selection(instance, selection, checks, run_config, tags)
     assert result.success
     return result
 
