@@ -1,65 +1,107 @@
-"""The one entry point: every asset, check, sensor and resource of kafka-assets.
+"""The one entry point: the declared pipelines, plus what cuts across them.
+
+Each pipeline is a `defs.yaml` under `kafka_assets/defs/` (see `kafka_assets.lib`). This module
+loads that folder and derives, from the pipelines it finds, the pieces no single YAML owns: the
+shared quarantine tables, the offsets sensor, the automation sensor and the resources. Adding a
+pipeline needs no edit here.
 
 Environment-specific settings arrive only through `dg.EnvVar` (see `.env.example`); nothing here
 reads the environment or opens a connection when the module is imported.
 """
 
-from collections.abc import Sequence
+from collections import defaultdict
+from types import ModuleType
 
 import dagster as dg
 
-from kafka_assets.kafka.assets import TOPICS, shop_events, topic_assets, topic_key
 from kafka_assets.kafka.resources import KafkaResource
-from kafka_assets.kafka.sensors import build_offsets_sensor
-from kafka_assets.spark.assets import stream_assets
+from kafka_assets.kafka.sensors import WatchedTopic, build_offsets_sensor
+from kafka_assets.lib import KafkaPipeline
+from kafka_assets.paths import PROJECT_ROOT
 from kafka_assets.spark.resources import StreamingSettings, build_pyspark_resource
 from kafka_assets.spark.staging import StagingIOManager
-from kafka_assets.warehouse.assets import warehouse_assets
-from kafka_assets.warehouse.checks import topic_lag_checks, warehouse_checks
+from kafka_assets.warehouse.assets import build_quarantine_asset
 from kafka_assets.warehouse.io_manager import PostgresIOManager
 from kafka_assets.warehouse.resources import PostgresResource
-
-assets = [*topic_assets, shop_events, *stream_assets, *warehouse_assets]
-asset_checks = [*warehouse_checks, *topic_lag_checks]
+from kafka_assets.warehouse.tables import quarantine_table
 
 
-def downstream(key: dg.AssetKey, graph: Sequence[dg.AssetsDefinition]) -> list[dg.AssetKey]:
-    """Every asset that reads `key`, directly or through others (the lineage the sensor drives)."""
-    deps = {k: set(d) for a in graph for k, d in a.asset_deps.items()}
-    found: set[dg.AssetKey] = set()
-    frontier = {key}
-    while frontier:
-        frontier = {k for k, d in deps.items() if d & frontier and k not in found}
-        found |= frontier
-    return sorted(found, key=str)
+class PipelineConflict(ValueError):
+    """Two declared pipelines claim the same topic, stream or table."""
 
 
-def checks_for(keys: set[dg.AssetKey]) -> list[dg.AssetCheckKey]:
-    return [ck for c in asset_checks for ck in c.check_keys if ck.asset_key in keys]
+def load_pipelines(defs_module: ModuleType) -> tuple[dg.Definitions, list[KafkaPipeline]]:
+    tree = dg.ComponentTree.from_module(defs_module=defs_module, project_root=PROJECT_ROOT)
+    return tree.build_defs(), tree.get_all_components(of_type=KafkaPipeline)
 
 
-# The producer fills topics on request; the sensor drives only what reads them.
-_readers = [a for a in assets if a is not shop_events]
-sensor_targets = {t.name: downstream(topic_key(t.name), _readers) for t in TOPICS}
-kafka_offsets_sensor = build_offsets_sensor(
-    sensor_targets,
-    {t: checks_for({*keys, topic_key(t)}) for t, keys in sensor_targets.items()},
-)
+def check_unique(pipelines: list[KafkaPipeline]) -> None:
+    """Names that must be unique across all YAML files, with both claimants in the message."""
+    owners: dict[tuple[str, str], str] = {}
+    for p in pipelines:
+        claims = [("topic", p.topic.name)]
+        claims += [("stream", s.name) for s in p.streams]
+        claims += [("table", t.name) for t in p.tables]
+        for claim in claims:
+            other = owners.setdefault(claim, p.topic.name)
+            if other != p.topic.name:
+                raise PipelineConflict(
+                    f"{claim[0]} {claim[1]!r} is declared by the pipelines of topic {other!r} "
+                    f"and of topic {p.topic.name!r}; rename one of them"
+                )
+        if p.quarantine.table in {t for kind, t in owners if kind == "table"}:
+            raise PipelineConflict(
+                f"quarantine table {p.quarantine.table!r} of topic {p.topic.name!r} is also a "
+                "pipeline's table"
+            )
 
-pyspark = build_pyspark_resource()
-streaming = StreamingSettings(
-    checkpoint_base=dg.EnvVar("SPARK_CHECKPOINT_BASE"),
-    staging_base=dg.EnvVar("SPARK_STAGING_BASE"),
-)
-warehouse = PostgresResource(
-    dsn=dg.EnvVar("WAREHOUSE_DSN"), schema_name=dg.EnvVar("WAREHOUSE_SCHEMA")
-)
 
-defs = dg.Definitions(
-    assets=assets,
-    asset_checks=asset_checks,
-    sensors=[kafka_offsets_sensor],
-    resources={
+def quarantine_assets(pipelines: list[KafkaPipeline]) -> list[dg.AssetsDefinition]:
+    """One table per quarantine name, fed by the events stream of every pipeline naming it."""
+    by_name: dict[str, list[KafkaPipeline]] = defaultdict(list)
+    for p in pipelines:
+        by_name[p.quarantine.table].append(p)
+    return [
+        build_quarantine_asset(quarantine_table(name), [p.events.key for p in members])
+        for name, members in sorted(by_name.items())
+    ]
+
+
+def sensors(pipelines: list[KafkaPipeline], graph) -> list[dg.SensorDefinition]:
+    """The offsets sensor over every declared topic, and the automation sensor, both RUNNING."""
+    watched = {}
+    for p in pipelines:
+        streams = [s.key for s in p.streams]
+        targets = dg.AssetSelection.assets(*streams).downstream().resolve(graph)
+        checks = [c for c in graph.asset_check_keys if c.asset_key in targets]
+        checks.append(dg.AssetCheckKey(p.topic_key, "consumer_lag"))
+        watched[p.topic.name] = WatchedTopic(
+            key=p.topic_key,
+            targets=sorted(targets, key=str),
+            checks=sorted(checks, key=str),
+            streams=streams,
+        )
+    automation = dg.AutomationConditionSensorDefinition(
+        "warehouse_automation",
+        target=dg.AssetSelection.all(),
+        # The default automation sensor loads STOPPED; this one runs as soon as the daemon does.
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=10,
+        description="Brings tables up to date after their streams are materialized by hand.",
+    )
+    return [build_offsets_sensor(watched), automation]
+
+
+def resources() -> dict[str, object]:
+    pyspark = build_pyspark_resource()
+    streaming = StreamingSettings(
+        checkpoint_base=dg.EnvVar("SPARK_CHECKPOINT_BASE"),
+        staging_base=dg.EnvVar("SPARK_STAGING_BASE"),
+    )
+    warehouse = PostgresResource(
+        dsn=dg.EnvVar("WAREHOUSE_DSN"), schema_name=dg.EnvVar("WAREHOUSE_SCHEMA")
+    )
+    return {
         "kafka": KafkaResource(
             bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS"),
             security_protocol=dg.EnvVar("KAFKA_SECURITY_PROTOCOL"),
@@ -72,8 +114,29 @@ defs = dg.Definitions(
         "streaming": streaming,
         "warehouse": warehouse,
         "staging_io_manager": StagingIOManager(settings=streaming, pyspark=pyspark),
-        "warehouse_io_manager": PostgresIOManager(warehouse=warehouse, pyspark=pyspark),
-    },
-    # One Spark driver per run: the multiprocess executor would start a JVM per step.
-    executor=dg.in_process_executor,
-)
+        "warehouse_io_manager": PostgresIOManager(warehouse=warehouse),
+    }
+
+
+def build_definitions(defs_module: ModuleType | None = None) -> tuple[dg.Definitions, list]:
+    """Everything for the code location, and the pipelines it was derived from."""
+    if defs_module is None:
+        import kafka_assets.defs as defs_module
+    project, pipelines = load_pipelines(defs_module)
+    check_unique(pipelines)
+    assets = dg.Definitions.merge(
+        project,
+        dg.Definitions(
+            assets=quarantine_assets(pipelines),
+            resources=resources(),
+            # One Spark driver per run: the multiprocess executor would start a JVM per step.
+            executor=dg.in_process_executor,
+        ),
+    )
+    graph = assets.resolve_asset_graph()
+    return dg.Definitions.merge(
+        assets, dg.Definitions(sensors=sensors(pipelines, graph))
+    ), pipelines
+
+
+defs, pipelines = build_definitions()

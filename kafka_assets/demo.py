@@ -1,9 +1,10 @@
-"""`python -m kafka_assets.demo`: the whole pipeline once, end to end, on the local stack.
+"""`python -m kafka_assets.demo`: every declared pipeline once, end to end, on the local stack.
 
-Starts the services, creates the topics, produces the example stream, lets the offsets sensor
-tick, runs what it requests (streams, tables, checks) and prints what landed where. Run it again
+Starts the services, creates the topics, produces the example stream, evaluates the offsets
+sensor, runs what it requests (streams, tables, checks) and prints what landed where. Run it again
 and only the new offsets are processed. Everything is recorded in the Dagster instance under
-DAGSTER_HOME, so `make dev` shows the same runs, metadata and checks in the UI.
+DAGSTER_HOME, so `make dev` shows the same runs, metadata and checks, and its sensor starts from
+what the demo processed: it launches no run until new messages arrive.
 """
 
 import argparse
@@ -11,44 +12,15 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import dagster as dg
 
 
-def run_selection(instance, selection, checks=(), run_config=None, tags=None):
-    """Materialize `selection` (and `checks`) in process, as a sensor's run request would."""
-    from kafka_assets.definitions import asset_checks, assets, defs
-
-    chosen = dg.AssetSelection.assets(*selection)
-    if checks:
-        chosen = chosen | dg.AssetSelection.checks(*checks)
-    return dg.materialize(
-        [*assets, *asset_checks],
-        selection=chosen,
-        instance=instance,
-        resources=defs.resources,
-        run_config=run_config,
-        tags=tags,
-        raise_on_error=False,
-    )
-
-
-def _materialize(defs, instance, selection, run_config=None, tags=None, checks=()):
-    result = run_selection(instance, selection, checks, run_config, tags)
+def _ok(result: dg.ExecuteInProcessResult) -> dg.ExecuteInProcessResult:
     if not result.success:
         failures = [e.message for e in result.all_events if e.is_failure]
         raise SystemExit(f"run {result.run_id} failed: {failures[:3]}")
     return result
-
-
-def _check_results(result) -> list[tuple[str, bool]]:
-    out = []
-    for event in result.all_events:
-        if event.event_type_value == "ASSET_CHECK_EVALUATION":
-            data = event.event_specific_data
-            out.append((f"{data.asset_key.to_user_string()}:{data.check_name}", data.passed))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,80 +40,66 @@ def main(argv: list[str] | None = None) -> int:
     write_env_file(env)
     timings["services"] = time.monotonic() - t0
 
-    from kafka_assets.definitions import defs, kafka_offsets_sensor
-    from kafka_assets.kafka.assets import TOPICS
+    from kafka_assets import runner
+    from kafka_assets.definitions import defs, pipelines
     from kafka_assets.warehouse.report import table_summary
     from kafka_assets.warehouse.resources import PostgresResource
 
     instance = dg.DagsterInstance.get()
     stage = time.monotonic()
-    _materialize(defs, instance, [t.key for t in TOPICS])
+    _ok(runner.materialize(instance, [p.topic_key for p in pipelines]))
     timings["topics"] = time.monotonic() - stage
 
+    # Every producer the project declares (the shop's generator, in the example).
+    producers = [
+        a
+        for a in defs.resolve_asset_graph().assets_defs
+        if "kafka/generator" in a.metadata_by_key.get(a.key, {})
+    ]
+    produced: dict[str, dict] = {"per_topic": {}, "malformed_sent": {}}
     stage = time.monotonic()
-    produce = _materialize(
-        defs,
-        instance,
-        [dg.AssetKey(["kafka", "shop_events"])],
-        run_config={
-            "ops": {
-                "kafka__shop_events": {
-                    "config": {
-                        "count": args.messages,
-                        "malformed_fraction": args.malformed_fraction,
-                    }
-                }
-            }
-        },
-    )
-    produced = produce.asset_materializations_for_node("kafka__shop_events")[0].metadata
+    for producer in producers:
+        config = {"count": args.messages, "malformed_fraction": args.malformed_fraction}
+        result = _ok(
+            runner.materialize(
+                instance,
+                [producer.key],
+                run_config={"ops": {producer.node_def.name: {"config": config}}},
+            )
+        )
+        md = result.asset_materializations_for_node(producer.node_def.name)[0].metadata
+        for field in produced:
+            produced[field].update(md[field].value)
     timings["produce"] = time.monotonic() - stage
 
-    # One sensor tick, exactly as the daemon would evaluate it, with the cursor kept on disk.
     stage = time.monotonic()
-    cursor_file = Path(env["DAGSTER_HOME"]) / "demo_sensor_cursor.json"
-    cursor = cursor_file.read_text() if cursor_file.exists() else None
-    context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"kafka": defs.resources["kafka"]}
-    )
-    tick = kafka_offsets_sensor(context)
+    tick = runner.tick(instance)
     timings["sensor_tick"] = time.monotonic() - stage
     if isinstance(tick, dg.SkipReason):
         print(f"sensor: {tick.skip_message}")
         return 0
-    for observation in tick.asset_events:
-        instance.report_runless_asset_event(observation)
 
-    checks: list[tuple[str, bool]] = []
+    checks: dict[str, bool] = {}
     stage = time.monotonic()
     for request in tick.run_requests:
         print(f"sensor requested run {request.run_key}: {len(request.asset_selection)} assets")
-        result = _materialize(
-            defs,
-            instance,
-            request.asset_selection,
-            tags={**request.tags, "dagster/run_key": request.run_key},
-            checks=request.asset_check_keys or (),
-        )
-        checks += _check_results(result)
+        checks.update(runner.check_results(_ok(runner.run_request(instance, request))))
     timings["streams_tables_checks"] = time.monotonic() - stage
-    cursor_file.write_text(tick.cursor or "")
 
     print()
     print(
-        f"produced   {json.dumps(produced['per_topic'].value)}  "
-        f"malformed sent {json.dumps(produced['malformed_sent'].value)}"
+        f"produced   {json.dumps(produced['per_topic'])}  "
+        f"malformed sent {json.dumps(produced['malformed_sent'])}"
     )
-    print(
-        table_summary(
-            PostgresResource(dsn=env["WAREHOUSE_DSN"], schema_name=env["WAREHOUSE_SCHEMA"])
-        )
-    )
-    print("checks     " + ", ".join(f"{name}={'PASS' if ok else 'FAIL'}" for name, ok in checks))
+    warehouse = PostgresResource(dsn=env["WAREHOUSE_DSN"], schema_name=env["WAREHOUSE_SCHEMA"])
+    tables = [t.name for p in pipelines for t in p.tables]
+    quarantines = sorted({p.quarantine.table for p in pipelines})
+    print(table_summary(warehouse, tables, quarantines))
+    print("checks     " + ", ".join(f"{k}={'PASS' if ok else 'FAIL'}" for k, ok in checks.items()))
     print("timings    " + ", ".join(f"{k}={v:.1f}s" for k, v in timings.items()))
     print(f"\nwarehouse  psql {env['WAREHOUSE_DSN']}  (schema {env['WAREHOUSE_SCHEMA']})")
     print("UI         make dev  ->  http://127.0.0.1:3000")
-    return 0 if all(ok for _, ok in checks) else 1
+    return 0 if all(checks.values()) else 1
 
 
 if __name__ == "__main__":

@@ -1,23 +1,23 @@
 """In-memory stand-ins for the live resources, so assets and sensors run unchanged in unit tests.
 
-`FakeKafka` is a real `KafkaResource` (same config fields, same `client_config`/`spark_options`)
-whose broker operations work on topics held in memory. The topics live in a `FakeBroker` held in
-a private attribute of each instance, never on the class, so two fakes never share topics.
+`FakeKafka` is a real `KafkaResource` (same config fields, same `client_config`/`spark_options`,
+same topic policy in `ensure_topic`) whose few broker primitives (describe, create, add
+partitions, alter config, end offsets, produce) work on topics held in memory.
 
-Dagster never hands the configured instance itself to an asset or sensor: it rebuilds the
-resource from its config fields (`_with_updated_values`), which would give every run an empty
-broker. `FakeKafka` passes its broker on to those copies, so a test sees what a run produced.
+Dagster hands assets and sensors copies of a resource rebuilt from its config fields, so the
+broker state cannot live on the instance. Like a real client, a fake finds its cluster by its
+address: `FakeKafka()` gets a fresh `memory://<uuid>` bootstrap address, and every copy with that
+address reaches the same in-memory cluster. Two fakes never share topics.
 """
 
 from __future__ import annotations
 
+import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from pydantic import PrivateAttr
-
-from kafka_assets.kafka.resources import KafkaResource, Offsets, TopicConfigError, TopicState
+from kafka_assets.kafka.resources import KafkaResource, Offsets, TopicState
 
 
 @dataclass
@@ -115,18 +115,24 @@ class FakeProducer:
         return len(queued)
 
 
+_CLUSTERS: dict[str, FakeBroker] = {}
+"""In-memory clusters by bootstrap address: the stand-in for the network."""
+
+
 class FakeKafka(KafkaResource):
     """A broker in memory: topics, partitions, configs, end offsets and a producer."""
 
     fail_deliveries: bool = False
     """Every delivery report of `producer()` is an error (the broker never acknowledges)."""
 
-    _broker: FakeBroker = PrivateAttr(default_factory=FakeBroker)
+    def __init__(self, **config: object) -> None:
+        # An explicit value, so the copies Dagster rebuilds from config reach the same cluster.
+        config.setdefault("bootstrap_servers", f"memory://{uuid.uuid4().hex}")
+        super().__init__(**config)
 
-    def _with_updated_values(self, values):
-        copy = super()._with_updated_values(values)
-        copy._broker = self._broker
-        return copy
+    @property
+    def _broker(self) -> FakeBroker:
+        return _CLUSTERS.setdefault(self.bootstrap_servers, FakeBroker())
 
     # -- test helpers -----------------------------------------------------------------------
     def create(
@@ -137,11 +143,7 @@ class FakeKafka(KafkaResource):
         config: Mapping[str, str] | None = None,
     ) -> None:
         """Create a topic directly, as another client of the broker would."""
-        if name in self._broker.topics:
-            raise ValueError(f"topic {name} exists")
-        self._broker.topics[name] = FakeTopic(
-            name, replication_factor, dict(config or {}), [[] for _ in range(partitions)]
-        )
+        self.create_topic(name, partitions, replication_factor, config or {})
 
     def append(self, topic: str, partition: int, count: int = 1) -> None:
         """Append `count` records to one partition, moving its end offset."""
@@ -165,7 +167,7 @@ class FakeKafka(KafkaResource):
         parts[index].append((key, value))
         return index, len(parts[index]) - 1
 
-    # -- KafkaResource ----------------------------------------------------------------------
+    # -- KafkaResource primitives -----------------------------------------------------------
     def admin(self):
         raise AssertionError("FakeKafka has no AdminClient; use its overridden operations")
 
@@ -195,39 +197,23 @@ class FakeKafka(KafkaResource):
             end_offsets=self.end_offsets([name])[name],
         )
 
-    def ensure_topic(
-        self,
-        name: str,
-        partitions: int,
-        replication_factor: int,
-        config: Mapping[str, str],
-    ) -> TopicState:
-        current = self.describe_topic(name)
-        if current is None:
-            settings = {k: str(v) for k, v in config.items()}
-            self.create(name, partitions, replication_factor, settings)
-            state = self.describe_topic(name)
-            assert state is not None
-            return TopicState(**{**state.__dict__, "created": True})
-        if partitions < current.partitions:
-            raise TopicConfigError(
-                f"Topic '{name}' has {current.partitions} partitions and cannot shrink to "
-                f"{partitions}: Kafka only adds partitions. "
-                f"Keep partitions >= {current.partitions} or create a new topic."
-            )
-        if replication_factor != current.replication_factor:
-            raise TopicConfigError(
-                f"Topic '{name}' has replication factor {current.replication_factor}, not "
-                f"{replication_factor}; changing it needs a partition reassignment, which this "
-                "asset does not do."
-            )
-        topic = self._broker.topics[name]
-        added = partitions - current.partitions
-        topic.partitions.extend([] for _ in range(added))
-        changed = {k: str(v) for k, v in config.items() if current.config.get(k) != str(v)}
-        topic.config.update(changed)
-        state = self.describe_topic(name)
-        assert state is not None
-        return TopicState(
-            **{**state.__dict__, "partitions_added": added, "config_changed": changed}
+    def create_topic(
+        self, name: str, partitions: int, replication_factor: int, config: Mapping[str, str]
+    ) -> None:
+        if name in self._broker.topics:
+            raise ValueError(f"topic {name} exists")
+        self._broker.topics[name] = FakeTopic(
+            name,
+            replication_factor,
+            {k: str(v) for k, v in config.items()},
+            [[] for _ in range(partitions)],
         )
+
+    def add_partitions(self, name: str, total: int) -> None:
+        parts = self._broker.topics[name].partitions
+        if total <= len(parts):
+            raise ValueError(f"{name} has {len(parts)} partitions; cannot grow to {total}")
+        parts.extend([] for _ in range(total - len(parts)))
+
+    def alter_topic_config(self, name: str, changes: Mapping[str, str]) -> None:
+        self._broker.topics[name].config.update(changes)

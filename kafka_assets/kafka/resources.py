@@ -6,7 +6,7 @@ in through `dg.EnvVar`. Clients are built per call: nothing connects at import o
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import dagster as dg
 
@@ -23,6 +23,8 @@ class TopicState:
     end_offsets: dict[int, int] = field(default_factory=dict)
     created: bool = False
     partitions_added: int = 0
+    partitions_extra: int = 0
+    """Partitions beyond the declared minimum, added outside the project."""
     config_changed: dict[str, str] = field(default_factory=dict)
 
 
@@ -154,6 +156,43 @@ class KafkaResource(dg.ConfigurableResource):
             end_offsets=self.end_offsets([name])[name],
         )
 
+    def create_topic(
+        self, name: str, partitions: int, replication_factor: int, config: Mapping[str, str]
+    ) -> None:
+        from confluent_kafka.admin import NewTopic
+
+        admin = self.admin()  # held until the future resolves: a dropped client aborts it
+        futures = admin.create_topics(
+            [NewTopic(name, partitions, replication_factor, config=dict(config))],
+            request_timeout=self.request_timeout_s,
+        )
+        futures[name].result()
+
+    def add_partitions(self, name: str, total: int) -> None:
+        from confluent_kafka.admin import NewPartitions
+
+        admin = self.admin()
+        admin.create_partitions([NewPartitions(name, total)])[name].result()
+
+    def alter_topic_config(self, name: str, changes: Mapping[str, str]) -> None:
+        from confluent_kafka.admin import (
+            AlterConfigOpType,
+            ConfigEntry,
+            ConfigResource,
+            ResourceType,
+        )
+
+        resource = ConfigResource(
+            ResourceType.TOPIC,
+            name,
+            incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                for k, v in changes.items()
+            ],
+        )
+        admin = self.admin()
+        admin.incremental_alter_configs([resource])[resource].result()
+
     def ensure_topic(
         self,
         name: str,
@@ -161,61 +200,55 @@ class KafkaResource(dg.ConfigurableResource):
         replication_factor: int,
         config: Mapping[str, str],
     ) -> TopicState:
-        """Create the topic, or reconcile an existing one towards the requested settings.
+        """Create the topic, or reconcile an existing one towards the declared settings.
 
-        More partitions are added; fewer cannot be had in Kafka and raise TopicConfigError, as
-        does a different replication factor. Changed topic configs are altered incrementally.
+        `partitions` is a minimum: fewer are raised to it, more (an operator added them) are kept
+        and reported in `partitions_extra`. A different replication factor or cleanup policy
+        raises TopicConfigError naming the topic: changing either would reassign partitions or
+        rewrite what the log keeps. Other configs (retention) are altered to the declared value.
         """
-        from confluent_kafka.admin import (
-            AlterConfigOpType,
-            ConfigEntry,
-            ConfigResource,
-            NewPartitions,
-            NewTopic,
-            ResourceType,
-        )
-
-        admin = self.admin()
         current = self.describe_topic(name)
         if current is None:
-            futures = admin.create_topics(
-                [NewTopic(name, partitions, replication_factor, config=dict(config))],
-                request_timeout=self.request_timeout_s,
-            )
-            futures[name].result()
+            self.create_topic(name, partitions, replication_factor, config)
             state = self.describe_topic(name)
-            assert state is not None, f"topic {name} vanished right after creation"
-            return TopicState(**{**state.__dict__, "created": True})
+            if state is None:
+                raise TopicConfigError(f"Topic '{name}' was created but cannot be described")
+            return replace(state, created=True)
 
-        if partitions < current.partitions:
-            raise TopicConfigError(
-                f"Topic '{name}' has {current.partitions} partitions and cannot shrink to "
-                f"{partitions}: Kafka only adds partitions. Keep partitions >= "
-                f"{current.partitions} "
-                "or create a new topic."
-            )
         if replication_factor != current.replication_factor:
             raise TopicConfigError(
-                f"Topic '{name}' has replication factor {current.replication_factor}, not "
-                f"{replication_factor}; changing it needs a partition reassignment, which this "
-                "asset does not do."
+                f"Topic '{name}' has replication factor {current.replication_factor}, not the "
+                f"declared {replication_factor}; changing it needs a partition reassignment, "
+                "which this asset does not do."
             )
-        added = partitions - current.partitions
+        declared_policy = config.get("cleanup.policy")
+        actual_policy = current.config.get("cleanup.policy")
+        if declared_policy and actual_policy and _policy(declared_policy) != _policy(actual_policy):
+            raise TopicConfigError(
+                f"Topic '{name}' has cleanup.policy={actual_policy}, not the declared "
+                f"{declared_policy}; change the declaration or the topic, deliberately: the "
+                "policy decides which messages Kafka keeps."
+            )
+        added = max(0, partitions - current.partitions)
         if added:
-            admin.create_partitions([NewPartitions(name, partitions)])[name].result()
-        changed = {k: str(v) for k, v in config.items() if current.config.get(k) != str(v)}
+            self.add_partitions(name, partitions)
+        changed = {
+            k: str(v)
+            for k, v in config.items()
+            if k != "cleanup.policy" and current.config.get(k) != str(v)
+        }
         if changed:
-            resource = ConfigResource(
-                ResourceType.TOPIC,
-                name,
-                incremental_configs=[
-                    ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
-                    for k, v in changed.items()
-                ],
-            )
-            admin.incremental_alter_configs([resource])[resource].result()
+            self.alter_topic_config(name, changed)
         state = self.describe_topic(name)
-        assert state is not None
-        return TopicState(
-            **{**state.__dict__, "partitions_added": added, "config_changed": changed}
+        if state is None:
+            raise TopicConfigError(f"Topic '{name}' disappeared while it was being reconciled")
+        return replace(
+            state,
+            partitions_added=added,
+            partitions_extra=max(0, state.partitions - partitions),
+            config_changed=changed,
         )
+
+
+def _policy(value: str) -> frozenset[str]:
+    return frozenset(p.strip() for p in value.split(",") if p.strip())

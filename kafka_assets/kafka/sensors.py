@@ -1,21 +1,34 @@
 """The offsets sensor: new Kafka offsets in, run requests and topic observations out.
 
-Each tick reads every partition's end offset in one ListOffsets call (never messages), compares
-with the cursor `{topic: {partition: offset}}`, and advances the cursor only in the same result
-that requests the run covering those offsets. Run keys are made from the offsets, so a repeated
-evaluation never launches a second run for the same data.
+Each tick reads every partition's end offset in one ListOffsets call (never messages) and compares
+it with what is already covered: the cursor `{topic: {partition: offset}}` of offsets the sensor
+has requested, and the offsets the topic's streams have committed according to the instance
+(so a stream run launched by hand, or by the demo, is never requested again). The cursor advances
+only in the same result that requests the run covering those offsets, and run keys are made from
+the offsets, so a repeated evaluation never launches a second run for the same data.
 """
 
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import dagster as dg
 
-from kafka_assets.kafka.assets import offsets_version, topic_key
 from kafka_assets.kafka.resources import KafkaResource, Offsets
+from kafka_assets.spark.assets import committed_offsets_many
 
-DATA_VERSION_TAG = "dagster/data_version"
+
+@dataclass(frozen=True)
+class WatchedTopic:
+    """What the sensor does when one topic moves."""
+
+    key: dg.AssetKey
+    targets: Sequence[dg.AssetKey]
+    """The assets a run must materialize: the topic's streams and everything downstream."""
+    checks: Sequence[dg.AssetCheckKey] = ()
+    streams: Sequence[dg.AssetKey] = ()
+    """Streams reading the topic: what all of them committed counts as processed."""
 
 
 def parse_cursor(cursor: str | None) -> Offsets:
@@ -41,16 +54,36 @@ def new_messages(seen: Offsets, ends: Offsets) -> dict[str, int]:
     return out
 
 
+def processed_offsets(instance: dg.DagsterInstance, topics: Mapping[str, WatchedTopic]) -> Offsets:
+    """Per topic, the offsets every one of its streams has committed (one event-log query)."""
+    keys = [k for w in topics.values() for k in w.streams]
+    committed = committed_offsets_many(instance, keys) if keys else {}
+    out: Offsets = {}
+    for topic, watched in topics.items():
+        if not watched.streams:
+            continue
+        positions = [committed.get(k, {}) for k in watched.streams]
+        partitions = {p for pos in positions for p in pos}
+        out[topic] = {int(p): min(pos.get(p, 0) for pos in positions) for p in partitions}
+    return out
+
+
+def covered(requested: Offsets, processed: Offsets) -> Offsets:
+    """The further of requested and processed, per partition."""
+    out: Offsets = {}
+    for topic in set(requested) | set(processed):
+        a, b = requested.get(topic, {}), processed.get(topic, {})
+        out[topic] = {p: max(a.get(p, 0), b.get(p, 0)) for p in set(a) | set(b)}
+    return out
+
+
 def build_offsets_sensor(
-    targets: Mapping[str, Sequence[dg.AssetKey]],
-    check_keys: Mapping[str, Sequence[dg.AssetCheckKey]] | None = None,
+    topics: Mapping[str, WatchedTopic],
     name: str = "kafka_offsets_sensor",
     minimum_interval_seconds: int = 5,
 ) -> dg.SensorDefinition:
-    """`targets` maps each topic to the assets a run must materialize when it has new offsets."""
-    topics = sorted(targets)
-    all_targets = sorted({k for keys in targets.values() for k in keys}, key=str)
-    check_keys = check_keys or {}
+    names = sorted(topics)
+    all_targets = sorted({k for w in topics.values() for k in w.targets}, key=str)
 
     @dg.sensor(
         name=name,
@@ -60,39 +93,40 @@ def build_offsets_sensor(
         description="Requests the streams and tables downstream of topics whose offsets moved.",
     )
     def _sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
-        seen = parse_cursor(context.cursor)
-        ends = kafka.end_offsets(topics)
+        requested = parse_cursor(context.cursor)
+        ends = kafka.end_offsets(names)
+        seen = covered(requested, processed_offsets(context.instance, topics))
         fresh = new_messages(seen, ends)
-        changed = [t for t in topics if fresh.get(t, 0) > 0]
-        missing = [t for t in topics if not ends.get(t)]
+        changed = [t for t in names if fresh.get(t, 0) > 0]
+        missing = [t for t in names if not ends.get(t)]
         if not changed:
-            shown = dump_cursor(ends)
             extra = f"; missing topics: {', '.join(missing)}" if missing else ""
-            return dg.SkipReason(f"No new offsets. End offsets seen: {shown}{extra}")
+            return dg.SkipReason(f"No new offsets. End offsets seen: {dump_cursor(ends)}{extra}")
 
-        covered = {t: ends[t] for t in changed}
-        run_key = "offsets-" + hashlib.sha256(dump_cursor(covered).encode()).hexdigest()[:24]
-        selection = sorted({k for t in changed for k in targets[t]}, key=str)
+        request_offsets = {t: ends[t] for t in changed}
+        run_key = (
+            "offsets-" + hashlib.sha256(dump_cursor(request_offsets).encode()).hexdigest()[:24]
+        )
+        selection = sorted({k for t in changed for k in topics[t].targets}, key=str)
         observations = [
             dg.AssetObservation(
-                asset_key=topic_key(t),
+                asset_key=topics[t].key,
                 metadata={
                     "end_offsets": dg.MetadataValue.json({str(p): o for p, o in ends[t].items()}),
+                    "messages_total": sum(ends[t].values()),
                     "new_messages": fresh[t],
-                    "lag_at_tick": fresh[t],
                 },
-                tags={DATA_VERSION_TAG: offsets_version({t: ends[t]}).value},
             )
             for t in changed
         ]
         request = dg.RunRequest(
             run_key=run_key,
             asset_selection=selection,
-            asset_check_keys=[c for t in changed for c in check_keys.get(t, ())] or None,
-            tags={"kafka_assets/offsets": dump_cursor(covered)[:4000]},
+            asset_check_keys=[c for t in changed for c in topics[t].checks] or None,
+            tags={"kafka_assets/offsets": dump_cursor(request_offsets)[:4000]},
         )
         # Keep partitions of unchanged topics at their old position: only what is requested moves.
-        cursor = {**seen, **covered}
+        cursor = {**requested, **request_offsets}
         return dg.SensorResult(
             run_requests=[request], asset_events=observations, cursor=dump_cursor(cursor)
         )

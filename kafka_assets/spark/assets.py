@@ -1,48 +1,37 @@
 """Spark Structured Streaming outputs as assets: one availableNow query per materialization."""
 
+from collections.abc import Iterable
+
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 
-from kafka_assets.kafka.assets import topic_key
 from kafka_assets.kafka.resources import KafkaResource
-from kafka_assets.spark import transforms
 from kafka_assets.spark.resources import StreamingSettings
 from kafka_assets.spark.streams import StreamRun, StreamSpec, run_available_now
 
-STREAMS: tuple[StreamSpec, ...] = (
-    StreamSpec(
-        "orders_events",
-        "orders",
-        transforms.order_events,
-        "append",
-        "Every orders message, parsed against an explicit schema; malformed ones carry an error.",
-    ),
-    StreamSpec(
-        "revenue_per_minute",
-        "orders",
-        transforms.revenue_per_minute,
-        "update",
-        "Paid revenue per one-minute event-time window and currency, watermarked.",
-    ),
-    StreamSpec(
-        "page_views_events",
-        "page_views",
-        transforms.page_view_events,
-        "append",
-        "Every page_views message, parsed; malformed ones carry an error.",
-    ),
-    StreamSpec(
-        "page_view_counts",
-        "page_views",
-        transforms.page_view_counts,
-        "update",
-        "Page views and sessions per one-minute event-time window and page, watermarked.",
-    ),
-)
+STREAM_METADATA = "kafka_assets/stream"
+"""Definition metadata naming a stream asset's stream: its checkpoint and staging directory."""
 
 
-def stream_key(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["spark", name])
+def committed_offsets(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, int]:
+    """Where a stream's checkpoint stood after its latest materialization: {partition: offset}.
+
+    The one reader of a stream's position, for the stream itself, its checks and the sensor.
+    """
+    return committed_offsets_many(instance, [key]).get(key, {})
+
+
+def committed_offsets_many(
+    instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey]
+) -> dict[dg.AssetKey, dict[str, int]]:
+    """The same for many streams at once, in one event-log query."""
+    found: dict[dg.AssetKey, dict[str, int]] = {}
+    for key, event in instance.get_latest_materialization_events(list(keys)).items():
+        if event is None or event.asset_materialization is None:
+            continue
+        value = event.asset_materialization.metadata.get("end_offsets")
+        found[key] = {str(p): int(o) for p, o in (value.value if value else {}).items()}
+    return found
 
 
 def _ranges(run: StreamRun) -> dict[str, str]:
@@ -69,22 +58,21 @@ def stream_metadata(run: StreamRun, committed: dict[str, int]) -> dict[str, obje
     }
 
 
-def previous_end_offsets(context: dg.AssetExecutionContext) -> dict[str, int]:
-    event = context.instance.get_latest_materialization_event(context.asset_key)
-    if event is None or event.asset_materialization is None:
-        return {}
-    value = event.asset_materialization.metadata.get("end_offsets")
-    return dict(value.value) if value is not None else {}
-
-
-def build_stream_asset(spec: StreamSpec) -> dg.AssetsDefinition:
+def build_stream_asset(
+    spec: StreamSpec,
+    key: dg.AssetKey,
+    topic_key: dg.AssetKey,
+    group: str,
+    kinds: Iterable[str],
+) -> dg.AssetsDefinition:
     @dg.asset(
-        key=stream_key(spec.name),
-        group_name="spark",
-        kinds={"spark", "parquet"},
-        deps=[topic_key(spec.topic)],
+        key=key,
+        group_name=group,
+        kinds=set(kinds),
+        deps=[topic_key],
         io_manager_key="staging_io_manager",
         description=spec.description,
+        metadata={STREAM_METADATA: spec.name, "kafka/topic": spec.topic},
     )
     def _stream(
         context: dg.AssetExecutionContext,
@@ -101,7 +89,7 @@ def build_stream_asset(spec: StreamSpec) -> dg.AssetsDefinition:
             streaming.max_offsets_per_trigger,
         )
         # The position after this run: what it consumed, or where the last run left off.
-        committed = {**previous_end_offsets(context), **run.end_offsets}
+        committed = {**committed_offsets(context.instance, key), **run.end_offsets}
         context.log.info(
             f"{spec.name}: {run.input_rows} rows from {spec.topic} in {len(run.batches)} "
             f"batches, ranges {_ranges(run)}"
@@ -109,6 +97,3 @@ def build_stream_asset(spec: StreamSpec) -> dg.AssetsDefinition:
         return dg.Output(run, metadata=stream_metadata(run, committed))
 
     return _stream
-
-
-stream_assets = [build_stream_asset(spec) for spec in STREAMS]

@@ -15,6 +15,7 @@ import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 
+from kafka_assets.spark.assets import STREAM_METADATA
 from kafka_assets.spark.resources import StreamingSettings
 from kafka_assets.spark.streams import StreamRun
 
@@ -88,7 +89,9 @@ class StagingIOManager(dg.ConfigurableIOManager):
             out.close()
 
     def load_input(self, context: dg.InputContext) -> StagedStream:
-        stream = context.asset_key.path[-1]
+        # The stream's name (its staging directory) travels in the upstream asset's definition,
+        # so two streams whose keys end alike never share staging.
+        stream = context.upstream_output.definition_metadata[STREAM_METADATA]
         spark = self.pyspark.spark_session
         batches = list_batches(spark, self.settings.staging_path(stream))
         context.log.info(f"{len(batches)} staged batches of {stream}")

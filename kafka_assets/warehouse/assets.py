@@ -1,58 +1,61 @@
 """Warehouse tables as assets: each takes staged stream batches and says which table they fill."""
 
+from collections.abc import Callable, Sequence
+
 import dagster as dg
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from kafka_assets.spark.assets import stream_key
 from kafka_assets.spark.staging import StagedStream
+from kafka_assets.spec import POSITION_COLUMNS, AssetOptions
 from kafka_assets.warehouse.io_manager import TableLoad
-from kafka_assets.warehouse.tables import (
-    ORDERS,
-    PAGE_VIEW_COUNTS,
-    PAGE_VIEWS,
-    QUARANTINE,
-    REVENUE_PER_MINUTE,
-    TableSpec,
-)
+from kafka_assets.warehouse.tables import Table
 
 # The tables follow their streams: whenever a stream is materialized (by the offsets sensor or
-# by hand), the tables that read it are brought up to date without a click.
+# by hand), the tables that read it are brought up to date without a click. The automation
+# sensor that evaluates this is declared RUNNING in definitions.py.
 FOLLOW_STREAMS = dg.AutomationCondition.eager()
 
+RowMapper = Callable[[DataFrame], DataFrame]
 
-def warehouse_key(name: str) -> dg.AssetKey:
+
+def table_key(name: str, options: AssetOptions) -> dg.AssetKey:
+    if options.key:
+        return dg.AssetKey.from_user_string(options.key)
     return dg.AssetKey(["warehouse", name])
 
 
-def _position(df: DataFrame) -> list:
-    return [F.col("partition").alias("source_partition"), F.col("offset").alias("source_offset")]
+def quarantine_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["warehouse", name])
 
 
-def valid_orders(df: DataFrame) -> DataFrame:
-    return df.where(F.col("error").isNull()).select(
-        "order_id",
-        "status",
-        "customer_id",
-        "items",
-        "amount",
-        "currency",
-        "event_time",
-        "event_id",
-        *_position(df),
-    )
+def _position() -> list:
+    return [
+        F.col("partition").alias(POSITION_COLUMNS[0]),
+        F.col("offset").alias(POSITION_COLUMNS[1]),
+    ]
 
 
-def valid_page_views(df: DataFrame) -> DataFrame:
-    return df.where(F.col("error").isNull()).select(
-        *_position(df), "event_id", "session_id", "user_id", "page", "referrer", "event_time"
-    )
+def valid_rows(
+    table: Table, where: str | None = None, transform: RowMapper | None = None
+) -> RowMapper:
+    """Parsed events -> the table's rows: valid ones, filtered, transformed, with their position."""
+
+    def _map(df: DataFrame) -> DataFrame:
+        df = df.where(F.col("error").isNull()).select("*", *_position())
+        if where:
+            df = df.where(F.expr(where))
+        if transform is not None:
+            df = transform(df)
+        return df.select(*table.column_names)
+
+    return _map
 
 
 def rejected(df: DataFrame) -> DataFrame:
     return df.where(F.col("error").isNotNull()).select(
         "topic",
-        *_position(df),
+        *_position(),
         "key",
         "raw_value",
         F.col("error").alias("reason"),
@@ -60,48 +63,43 @@ def rejected(df: DataFrame) -> DataFrame:
     )
 
 
-def _table_asset(spec: TableSpec, **ins: str):
-    return dg.asset(
-        key=warehouse_key(spec.name),
-        ins={arg: dg.AssetIn(key=stream_key(stream)) for arg, stream in ins.items()},
-        group_name="warehouse",
-        kinds={"postgres"},
+def build_table_asset(
+    table: Table,
+    key: dg.AssetKey,
+    sources: dict[str, dg.AssetKey],
+    mappers: dict[str, RowMapper | None],
+    options: AssetOptions,
+) -> dg.AssetsDefinition:
+    """A table fed by staged streams: `sources` maps an input name to a stream asset key, and
+    `mappers` says how that stream's batches become the table's rows (None: as they are)."""
+
+    @dg.asset(
+        key=key,
+        ins={name: dg.AssetIn(key=stream) for name, stream in sources.items()},
+        group_name=options.group or "warehouse",
+        kinds=set(options.kinds or ["postgres"]),
         io_manager_key="warehouse_io_manager",
         automation_condition=FOLLOW_STREAMS,
-        description=spec.description,
-        metadata={"dagster/column_schema": spec.column_schema()},
+        description=table.description,
+        metadata={"dagster/column_schema": table.column_schema(), "kafka_assets/table": table.name},
     )
+    def _table(**streams: StagedStream) -> TableLoad:
+        staged = []
+        for name in sources:
+            mapper = mappers.get(name)
+            staged.append(streams[name].map(mapper) if mapper else streams[name])
+        return TableLoad(table, tuple(staged))
+
+    return _table
 
 
-@_table_asset(ORDERS, orders_events="orders_events")
-def orders(orders_events: StagedStream) -> TableLoad:
-    return TableLoad(ORDERS, (orders_events.map(valid_orders),))
-
-
-@_table_asset(PAGE_VIEWS, page_views_events="page_views_events")
-def page_views(page_views_events: StagedStream) -> TableLoad:
-    return TableLoad(PAGE_VIEWS, (page_views_events.map(valid_page_views),))
-
-
-@_table_asset(QUARANTINE, orders_events="orders_events", page_views_events="page_views_events")
-def quarantine(orders_events: StagedStream, page_views_events: StagedStream) -> TableLoad:
-    return TableLoad(QUARANTINE, (orders_events.map(rejected), page_views_events.map(rejected)))
-
-
-@_table_asset(REVENUE_PER_MINUTE, revenue_per_minute="revenue_per_minute")
-def revenue_per_minute(revenue_per_minute: StagedStream) -> TableLoad:
-    return TableLoad(REVENUE_PER_MINUTE, (revenue_per_minute,))
-
-
-@_table_asset(PAGE_VIEW_COUNTS, page_view_counts="page_view_counts")
-def page_view_counts(page_view_counts: StagedStream) -> TableLoad:
-    return TableLoad(PAGE_VIEW_COUNTS, (page_view_counts,))
-
-
-warehouse_assets = [orders, page_views, quarantine, revenue_per_minute, page_view_counts]
-
-# Which event stream feeds which tables, for reconciliation against Kafka offsets.
-RECONCILED = {
-    "orders_events": (ORDERS, QUARANTINE),
-    "page_views_events": (PAGE_VIEWS, QUARANTINE),
-}
+def build_quarantine_asset(table: Table, streams: Sequence[dg.AssetKey]) -> dg.AssetsDefinition:
+    """One quarantine table for every pipeline that names it: its inputs follow the YAML."""
+    sources = {"__".join(k.path): k for k in streams}
+    return build_table_asset(
+        table,
+        quarantine_key(table.name),
+        sources,
+        {name: rejected for name in sources},
+        AssetOptions(),
+    )

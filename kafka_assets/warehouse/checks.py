@@ -1,17 +1,15 @@
 """Checks that hold the warehouse to Kafka: nothing lost, nothing doubled, nothing stale."""
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import dagster as dg
 from psycopg import sql
 
-from kafka_assets.kafka.assets import TOPICS, topic_key
 from kafka_assets.kafka.resources import KafkaResource
-from kafka_assets.spark.assets import STREAMS, stream_key
-from kafka_assets.warehouse.assets import RECONCILED, warehouse_key
+from kafka_assets.spark.assets import committed_offsets, committed_offsets_many
 from kafka_assets.warehouse.resources import PostgresResource
-from kafka_assets.warehouse.tables import LEDGER, ORDERS, TableSpec
+from kafka_assets.warehouse.tables import LEDGER, Table
 
 
 def reconcile(
@@ -41,23 +39,18 @@ def reconcile(
     return ok, per
 
 
-def _stream_end_offsets(instance: dg.DagsterInstance, stream: str) -> dict[str, int]:
-    event = instance.get_latest_materialization_event(stream_key(stream))
-    if event is None or event.asset_materialization is None:
-        return {}
-    value = event.asset_materialization.metadata.get("end_offsets")
-    return {str(k): int(v) for k, v in (value.value if value else {}).items()}
-
-
 def build_reconciliation_check(
-    stream: str, tables: tuple[TableSpec, ...]
+    stream: str,
+    stream_key: dg.AssetKey,
+    tables: Sequence[tuple[dg.AssetKey, Table]],
 ) -> dg.AssetChecksDefinition:
-    names = [t.name for t in tables]
+    """Valid rows in the first table plus quarantined rows equal what `stream` consumed."""
+    names = [t.name for _, t in tables]
 
     @dg.asset_check(
-        asset=warehouse_key(tables[0].name),
+        asset=tables[0][0],
         name=f"{stream}_reconciled",
-        additional_deps=[warehouse_key(n) for n in names[1:]],
+        additional_deps=[k for k, _ in tables[1:]],
         description=(
             f"Rows landed in {' + '.join(names)} equal the messages {stream} consumed from Kafka, "
             "partition by partition."
@@ -71,7 +64,7 @@ def build_reconciliation_check(
         ).format(warehouse.table(LEDGER))
         with warehouse.connect() as conn:
             rows = conn.execute(query, (stream, names)).fetchall()
-        ok, per = reconcile(rows, _stream_end_offsets(context.instance, stream))
+        ok, per = reconcile(rows, committed_offsets(context.instance, stream_key))
         return dg.AssetCheckResult(
             passed=ok,
             metadata={
@@ -84,17 +77,26 @@ def build_reconciliation_check(
     return _check
 
 
-@dg.asset_check(asset=warehouse_key(ORDERS.name), description="One row per order_id.")
-def orders_unique_keys(warehouse: PostgresResource) -> dg.AssetCheckResult:
-    with warehouse.connect() as conn:
-        total, distinct = conn.execute(
-            sql.SQL("SELECT count(*), count(DISTINCT order_id) FROM {}").format(
-                warehouse.table(ORDERS.name)
-            )
-        ).fetchone()
-    return dg.AssetCheckResult(
-        passed=total == distinct, metadata={"rows": total, "duplicates": total - distinct}
+def build_unique_keys_check(key: dg.AssetKey, table: Table) -> dg.AssetChecksDefinition:
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.primary_key)
+
+    @dg.asset_check(
+        asset=key,
+        name=f"{table.name}_unique_keys",
+        description=f"One row per {', '.join(table.primary_key)}.",
     )
+    def _check(warehouse: PostgresResource) -> dg.AssetCheckResult:
+        with warehouse.connect() as conn:
+            total, distinct = conn.execute(
+                sql.SQL("SELECT count(*), count(DISTINCT ({})) FROM {}").format(
+                    columns, warehouse.table(table.name)
+                )
+            ).fetchone()
+        return dg.AssetCheckResult(
+            passed=total == distinct, metadata={"rows": total, "duplicates": total - distinct}
+        )
+
+    return _check
 
 
 class LagCheckConfig(dg.Config):
@@ -103,14 +105,16 @@ class LagCheckConfig(dg.Config):
     """A lagging stream still passes while its last run is younger than this."""
 
 
-def build_topic_lag_check(topic: str) -> dg.AssetChecksDefinition:
-    streams = [s.name for s in STREAMS if s.topic == topic]
+def build_topic_lag_check(
+    topic: str, topic_key: dg.AssetKey, streams: Mapping[str, dg.AssetKey]
+) -> dg.AssetChecksDefinition:
+    """`streams` maps each stream reading `topic` to its asset key."""
 
     @dg.asset_check(
-        asset=topic_key(topic),
+        asset=topic_key,
         name="consumer_lag",
         # Evaluated after the streams in the same run, so it sees the positions they reached.
-        additional_deps=[stream_key(s) for s in streams],
+        additional_deps=list(streams.values()),
         description=(
             f"Messages in {topic} not yet processed by {', '.join(streams)}, and how long ago "
             "they last ran."
@@ -120,31 +124,26 @@ def build_topic_lag_check(topic: str) -> dg.AssetChecksDefinition:
         context: dg.AssetCheckExecutionContext, config: LagCheckConfig, kafka: KafkaResource
     ) -> dg.AssetCheckResult:
         ends = {str(p): o for p, o in kafka.end_offsets([topic])[topic].items()}
+        done = committed_offsets_many(context.instance, streams.values())
+        events = context.instance.get_latest_materialization_events(list(streams.values()))
         lag: dict[str, int] = {}
-        ages: dict[str, float] = {}
-        for stream in streams:
-            done = _stream_end_offsets(context.instance, stream)
-            lag[stream] = sum(max(0, end - done.get(p, 0)) for p, end in ends.items())
-            event = context.instance.get_latest_materialization_event(stream_key(stream))
-            ages[stream] = round(time.time() - event.timestamp, 1) if event else float("inf")
+        ages: dict[str, float | None] = {}
+        for stream, key in streams.items():
+            position = done.get(key, {})
+            lag[stream] = sum(max(0, end - position.get(p, 0)) for p, end in ends.items())
+            event = events.get(key)
+            ages[stream] = round(time.time() - event.timestamp, 1) if event else None
         worst = max(lag.values(), default=0)
-        stale = max(ages.values(), default=0.0)
+        stale = max((a if a is not None else float("inf") for a in ages.values()), default=0.0)
         passed = worst <= config.max_lag_messages or stale <= config.max_staleness_s
         return dg.AssetCheckResult(
             passed=passed,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={
                 "lag_messages": dg.MetadataValue.json(lag),
-                "seconds_since_processed": dg.MetadataValue.json(
-                    {k: (v if v != float("inf") else None) for k, v in ages.items()}
-                ),
+                "seconds_since_processed": dg.MetadataValue.json(ages),
                 "end_offsets": dg.MetadataValue.json(ends),
             },
         )
 
     return _check
-
-
-reconciliation_checks = [build_reconciliation_check(s, t) for s, t in RECONCILED.items()]
-topic_lag_checks = [build_topic_lag_check(t.name) for t in TOPICS]
-warehouse_checks = [*reconciliation_checks, orders_unique_keys]

@@ -1,10 +1,10 @@
-"""Spark DataFrames into PostgreSQL tables: COPY into a temp table, then one set-based upsert.
+"""Staged stream micro-batches into PostgreSQL: COPY into a temp table, one set-based upsert.
 
-Two output types, one handler each:
-- `TableLoad`: staged stream micro-batches. Each batch is loaded in its own transaction together
-  with a ledger row `(table, query id, batch id)`; a batch already in the ledger is skipped, so a
-  retried or replayed batch never duplicates a row and a failed run loses nothing.
-- a plain Spark `DataFrame`: the table's full contents, replaced atomically.
+A warehouse asset returns a `TableLoad`: the table it fills and the staged streams that feed it.
+Each batch is loaded in its own transaction together with a ledger row `(table, query id, batch
+id)`; a batch already in the ledger is skipped, so a retried or replayed batch never duplicates a
+row and a failed run loses nothing. The table's name comes from the declared `Table`, never from
+the asset key.
 """
 
 import io
@@ -15,14 +15,11 @@ from dataclasses import dataclass
 import dagster as dg
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from dagster_pyspark import LazyPySparkResource
 from psycopg import sql
-from pyspark.sql import DataFrame
-from pyspark.sql import types as T
 
 from kafka_assets.spark.staging import StagedBatch, StagedStream
 from kafka_assets.warehouse.resources import PostgresResource
-from kafka_assets.warehouse.tables import LEDGER, Column, TableSpec
+from kafka_assets.warehouse.tables import LEDGER, Table
 
 COPY_CHUNK_ROWS = 50_000
 PREVIEW_ROWS = 5
@@ -32,7 +29,7 @@ PREVIEW_ROWS = 5
 class TableLoad:
     """A warehouse asset's output: the staged streams whose batches belong in `table`."""
 
-    table: TableSpec
+    table: Table
     sources: tuple[StagedStream, ...]
 
 
@@ -49,7 +46,7 @@ def _ident_list(names: list[str] | tuple[str, ...]) -> sql.Composed:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
-def create_table_sql(spec: TableSpec, table: sql.Composable) -> sql.Composed:
+def create_table_sql(spec: Table, table: sql.Composable) -> sql.Composed:
     cols = [
         sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.pg_type)) for c in spec.columns
     ]
@@ -59,7 +56,7 @@ def create_table_sql(spec: TableSpec, table: sql.Composable) -> sql.Composed:
     return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table, sql.SQL(", ").join(cols))
 
 
-def upsert_sql(spec: TableSpec, table: sql.Composable, incoming: sql.Identifier) -> sql.Composed:
+def upsert_sql(spec: Table, table: sql.Composable, incoming: sql.Identifier) -> sql.Composed:
     """INSERT .. ON CONFLICT from the temp table, one row per key (the newest) per batch."""
     names = spec.column_names
     order = list(spec.primary_key) + list(spec.newer_than)
@@ -130,23 +127,24 @@ def loaded_batches(conn, warehouse: PostgresResource, table: str) -> set[tuple[s
 
 
 class PostgresIOManager(dg.ConfigurableIOManager):
-    """Writes warehouse assets to `<schema>.<asset name>`; see the module docstring."""
+    """Loads staged batches into `<schema>.<declared table>`; see the module docstring."""
 
     warehouse: PostgresResource
-    pyspark: LazyPySparkResource
 
-    def handle_output(self, context: dg.OutputContext, obj: TableLoad | DataFrame) -> None:
-        if isinstance(obj, TableLoad):
-            spec, stats = obj.table, self._load_batches(context, obj)
-        elif isinstance(obj, DataFrame):
-            spec = spec_from_dataframe(context.asset_key.path[-1], obj)
-            stats = self._replace(spec, obj)
-        else:
+    def handle_output(self, context: dg.OutputContext, obj: TableLoad) -> None:
+        if not isinstance(obj, TableLoad):
             raise TypeError(
-                f"{context.asset_key.to_user_string()}: the warehouse IO manager stores TableLoad "
-                f"or pyspark DataFrame outputs, not {type(obj).__name__}"
+                f"{context.asset_key.to_user_string()}: the warehouse IO manager stores a "
+                f"TableLoad (staged stream batches for a declared table), not {type(obj).__name__}"
             )
-        context.add_output_metadata(self._metadata(spec, stats))
+        stats = self._load_batches(context, obj)
+        context.add_output_metadata(self._metadata(obj.table, stats))
+
+    def load_input(self, context: dg.InputContext) -> None:
+        raise NotImplementedError(
+            f"{context.asset_key.to_user_string()} lives in PostgreSQL; read it with SQL "
+            "(PostgresResource) rather than as an asset input"
+        )
 
     # -- micro-batches ------------------------------------------------------------------------
     def _load_batches(self, context: dg.OutputContext, load: TableLoad) -> LoadStats:
@@ -174,7 +172,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         stats.seconds = time.monotonic() - began
         return stats
 
-    def _load_one(self, conn, spec: TableSpec, source: StagedStream, batch: StagedBatch, run_id):
+    def _load_one(self, conn, spec: Table, source: StagedStream, batch: StagedBatch, run_id):
         """One batch, one transaction: rows and ledger commit together or not at all."""
         data = source.read(batch).select(*spec.column_names).toArrow()
         target = self.warehouse.table(spec.name)
@@ -226,34 +224,8 @@ class PostgresIOManager(dg.ConfigurableIOManager):
             )
         return rows_in, rows_written
 
-    # -- whole DataFrames -----------------------------------------------------------------------
-    def _replace(self, spec: TableSpec, df: DataFrame) -> LoadStats:
-        began = time.monotonic()
-        data = df.select(*spec.column_names).toArrow()
-        target = self.warehouse.table(spec.name)
-        with (
-            self.warehouse.connect(autocommit=True) as conn,
-            conn.transaction(),
-            conn.cursor() as cur,
-        ):
-            cur.execute(create_table_sql(spec, target))
-            cur.execute(sql.SQL("TRUNCATE {}").format(target))
-            rows = copy_arrow(cur, target, spec.column_names, data)
-        return LoadStats(
-            batches_loaded=1, rows_in=rows, rows_written=rows, seconds=time.monotonic() - began
-        )
-
-    def load_input(self, context: dg.InputContext) -> DataFrame:
-        name = context.asset_key.path[-1]
-        with self.warehouse.connect() as conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT * FROM {}").format(self.warehouse.table(name)))
-            columns = [d.name for d in cur.description or []]
-            rows = cur.fetchall()
-        table = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})
-        return self.pyspark.spark_session.createDataFrame(table.to_pandas())
-
     # -- metadata --------------------------------------------------------------------------------
-    def _metadata(self, spec: TableSpec, stats: LoadStats) -> dict[str, object]:
+    def _metadata(self, spec: Table, stats: LoadStats) -> dict[str, object]:
         target = self.warehouse.table(spec.name)
         with self.warehouse.connect() as conn, conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(target))
@@ -285,31 +257,3 @@ class PostgresIOManager(dg.ConfigurableIOManager):
 def _cell(value: object) -> str:
     text = value.hex() if isinstance(value, bytes | memoryview) else str(value)
     return text.replace("|", "\\|")[:60]
-
-
-_PG_TYPES = {
-    T.StringType: "text",
-    T.IntegerType: "integer",
-    T.LongType: "bigint",
-    T.ShortType: "smallint",
-    T.DoubleType: "double precision",
-    T.FloatType: "real",
-    T.BooleanType: "boolean",
-    T.TimestampType: "timestamptz",
-    T.DateType: "date",
-    T.DecimalType: "numeric",
-}
-
-
-def spec_from_dataframe(name: str, df: DataFrame) -> TableSpec:
-    """A table for a whole-DataFrame output: its columns map to PostgreSQL types, no key."""
-    columns = []
-    for field in df.schema.fields:
-        pg = _PG_TYPES.get(type(field.dataType))
-        if pg is None:
-            raise TypeError(
-                f"Column {field.name!r} of {name!r} has Spark type {field.dataType.simpleString()}"
-                ", which the warehouse IO manager does not map; cast it (e.g. to_json) first"
-            )
-        columns.append(Column(field.name, pg))
-    return TableSpec(name=name, columns=tuple(columns), primary_key=())

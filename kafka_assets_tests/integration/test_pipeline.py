@@ -7,16 +7,16 @@ import dagster as dg
 import psycopg
 import pytest
 
-from kafka_assets.demo import run_selection
-from kafka_assets.kafka.generator import GeneratorConfig, generate
+from kafka_assets import runner
+from kafka_assets.shop.generator import GeneratorConfig, generate
 
 pytestmark = pytest.mark.integration
 
 START = "2026-11-24T10:00:00Z"
 
 
-def _run(selection, instance, checks=(), run_config=None, tags=None):
-    result = run_selection(instance, selection, checks, run_config, tags)
+def _run(selection, instance, checks=None, run_config=None, tags=None):
+    result = runner.materialize(instance, selection, checks, run_config, tags)
     assert result.success
     return result
 
@@ -43,21 +43,15 @@ def _produce(instance, count: int, seed: int) -> dict:
 
 
 def _tick(instance, cursor):
-    from kafka_assets.definitions import defs, kafka_offsets_sensor
+    from kafka_assets.definitions import defs
 
     context = dg.build_sensor_context(
         instance=instance, cursor=cursor, resources={"kafka": defs.resources["kafka"]}
     )
-    return kafka_offsets_sensor(context)
+    return defs.resolve_sensor_def("kafka_offsets_sensor")(context)
 
 
-def _checks(result) -> dict[str, bool]:
-    out = {}
-    for e in result.all_events:
-        if e.event_type_value == "ASSET_CHECK_EVALUATION":
-            data = e.event_specific_data
-            out[f"{data.asset_key.to_user_string()}:{data.check_name}"] = data.passed
-    return out
+_checks = runner.check_results
 
 
 def _expected(rounds: list[tuple[int, int]]):
@@ -98,7 +92,7 @@ def test_produce_sense_run_twice_then_skip(pipeline_env):
     tick1 = _tick(instance, None)
     assert isinstance(tick1, dg.SensorResult) and len(tick1.run_requests) == 1
     request = tick1.run_requests[0]
-    result = _run(request.asset_selection, instance, request.asset_check_keys or ())
+    result = _run(request.asset_selection, instance, request.asset_check_keys)
     checks = _checks(result)
     assert checks and all(checks.values()), checks
     assert "kafka/orders:consumer_lag" in checks
@@ -121,7 +115,7 @@ def test_produce_sense_run_twice_then_skip(pipeline_env):
     assert isinstance(tick2, dg.SensorResult)
     request2 = tick2.run_requests[0]
     assert request2.run_key != request.run_key
-    result2 = _run(request2.asset_selection, instance, request2.asset_check_keys or ())
+    result2 = _run(request2.asset_selection, instance, request2.asset_check_keys)
     assert all(_checks(result2).values()), _checks(result2)
 
     second = instance.get_latest_materialization_event(dg.AssetKey(["spark", "orders_events"]))

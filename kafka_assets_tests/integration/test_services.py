@@ -13,7 +13,7 @@ from kafka_assets.local.services import write_dagster_yaml
 from kafka_assets.spark.streams import StreamSpec, run_available_now
 from kafka_assets.warehouse.io_manager import copy_arrow, create_table_sql
 from kafka_assets.warehouse.resources import PostgresResource
-from kafka_assets.warehouse.tables import Column, TableSpec
+from kafka_assets.warehouse.tables import Column, Table
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +93,7 @@ def test_spark_reads_topic_with_connector_and_rows_land_in_postgres(services, sp
     assert again.input_rows == 0
 
     rows = spark.read.parquet(str(tmp_path / "staging" / "query=*" / "batch=*"))
-    table = TableSpec(
+    table = Table(
         "roundtrip",
         (Column("partition", "integer"), Column("offset", "bigint"), Column("v", "text")),
         ("partition", "offset"),

@@ -10,7 +10,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from kafka_assets import definitions
 from kafka_assets.definitions import defs
 from kafka_assets_tests.fakes import FakeKafka
 
@@ -64,7 +63,11 @@ CHECKS = {
     dg.AssetCheckKey(key("warehouse/page_views"), "page_views_events_reconciled"),
     dg.AssetCheckKey(key("kafka/orders"), "consumer_lag"),
     dg.AssetCheckKey(key("kafka/page_views"), "consumer_lag"),
+    dg.AssetCheckKey(key("kafka/orders"), "partitions_as_declared"),
+    dg.AssetCheckKey(key("kafka/page_views"), "partitions_as_declared"),
 }
+# What the sensor requests with a topic's new offsets: its readers' checks and its lag.
+REQUESTED_CHECKS = {c for c in CHECKS if c.name != "partitions_as_declared"}
 
 SENSOR_TARGETS = {
     "orders": keys(
@@ -149,7 +152,6 @@ def test_sensor_targets_downstream_of_each_topic() -> None:
     sensor = defs.resolve_sensor_def("kafka_offsets_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert set(sensor.required_resource_keys) == {"kafka"}
-    assert {t: set(k) for t, k in definitions.sensor_targets.items()} == SENSOR_TARGETS
 
     job = defs.resolve_job_def(sensor.job_name)
     assert set(job.asset_layer.executable_asset_keys) == set().union(*SENSOR_TARGETS.values())
@@ -158,11 +160,13 @@ def test_sensor_targets_downstream_of_each_topic() -> None:
 @pytest.mark.parametrize("topic", ["orders", "page_views"])
 def test_sensor_run_request_resolves_to_a_job_subset(topic: str) -> None:
     """What the daemon does with a request: subset the sensor's job, checks included."""
-    kafka = FakeKafka(bootstrap_servers="fake:9092")
+    kafka = FakeKafka()
     kafka.create("orders", 1)
     kafka.create("page_views", 1)
     kafka.append(topic, 0, 1)
-    context = dg.build_sensor_context(resources={"kafka": kafka}, definitions=defs)
+    context = dg.build_sensor_context(
+        instance=dg.DagsterInstance.ephemeral(), resources={"kafka": kafka}, definitions=defs
+    )
     sensor = defs.resolve_sensor_def("kafka_offsets_sensor")
 
     (request,) = sensor(context).run_requests
@@ -170,12 +174,23 @@ def test_sensor_run_request_resolves_to_a_job_subset(topic: str) -> None:
     assert set(request.asset_selection) == SENSOR_TARGETS[topic]
     requested_checks = set(request.asset_check_keys)
     covered = {*SENSOR_TARGETS[topic], key(f"kafka/{topic}")}
-    assert requested_checks == {c for c in CHECKS if c.asset_key in covered}
+    assert requested_checks == {c for c in REQUESTED_CHECKS if c.asset_key in covered}
     subset = defs.resolve_job_def(sensor.job_name).get_subset(
         asset_selection=set(request.asset_selection), asset_check_selection=requested_checks
     )
     assert set(subset.asset_layer.selected_asset_keys) == SENSOR_TARGETS[topic]
     assert set(subset.asset_layer.asset_graph.asset_check_keys) == requested_checks
+
+
+def test_automation_sensor_runs_by_default() -> None:
+    """The tables' eager conditions only act if an automation sensor runs: this one does."""
+    sensor = defs.resolve_sensor_def("warehouse_automation")
+    assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    graph = defs.resolve_asset_graph()
+    automated = {k for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
+    assert automated == keys(*ASSETS["warehouse"])
+    assert automated <= sensor.asset_selection.resolve(graph)
 
 
 def _env_names() -> set[str]:

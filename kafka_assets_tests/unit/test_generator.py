@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from kafka_assets.kafka.generator import (
+from kafka_assets.shop.generator import (
     CURRENCIES,
     ORDER_STATUSES,
     ORDERS_TOPIC,

@@ -3,24 +3,37 @@
 import zlib
 from collections import defaultdict
 from datetime import datetime
+from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
-from kafka_assets.kafka.assets import (
-    TOPICS,
-    offsets_version,
-    shop_events,
-    topic_assets,
-    topic_key,
-)
-from kafka_assets.kafka.generator import GeneratorConfig, generate, summarize
+from kafka_assets.definitions import pipelines
+from kafka_assets.kafka.producer import build_producer_asset
 from kafka_assets.kafka.resources import KafkaResource
+from kafka_assets.kafka.topics import PARTITIONS_CHECK, build_topic_asset, offsets_version
+from kafka_assets.shop.generator import GeneratorConfig, generate, summarize
+from kafka_assets.spec import TopicSpec
 from kafka_assets_tests.fakes import FakeKafka
 
-ORDERS = next(a for a in topic_assets if a.key == topic_key("orders"))
-PAGE_VIEWS = next(a for a in topic_assets if a.key == topic_key("page_views"))
-DEFAULT_PARTITIONS = {t.name: t.partitions for t in TOPICS}
+DEFS = Path(__file__).resolve().parents[2] / "kafka_assets" / "defs" / "shop"
+# Built from the shop's YAML, unbound: each test supplies its own FakeKafka.
+SPECS = {p.topic.name: p.topic for p in pipelines}
+ORDERS = build_topic_asset(SPECS["orders"])
+PAGE_VIEWS = build_topic_asset(SPECS["page_views"])
+topic_assets = [ORDERS, PAGE_VIEWS]
+PRODUCER = yaml.safe_load((DEFS / "producer" / "defs.yaml").read_text())["attributes"]
+shop_events = build_producer_asset(
+    dg.AssetKey.from_user_string(PRODUCER["asset"]["key"]),
+    PRODUCER["generator"],
+    PRODUCER["topics"],
+    [a.key for a in topic_assets],
+    "kafka",
+    "the shop producer",
+)
+DEFAULT_PARTITIONS = {"orders": 6, "page_views": 3}
+
 START = "2026-11-24T19:20:00Z"
 
 
@@ -40,13 +53,20 @@ def _failure_description(result: dg.ExecuteInProcessResult, asset: dg.AssetsDefi
     return failure.user_failure_data.description
 
 
-def _topic_config(**config) -> dict:
-    return {"ops": {_op(ORDERS): {"config": config}}}
+def _orders_declared(**changes) -> dg.AssetsDefinition:
+    """The orders topic asset as if its YAML said something else."""
+    return build_topic_asset(SPECS["orders"].model_copy(update=changes))
+
+
+def _check(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.check_name == PARTITIONS_CHECK
+    return evaluation
 
 
 @pytest.fixture
 def kafka() -> FakeKafka:
-    return FakeKafka(bootstrap_servers="fake:9092")
+    return FakeKafka()
 
 
 # -- topic assets --------------------------------------------------------------------------------
@@ -96,9 +116,7 @@ def test_rerun_with_more_partitions_and_new_config_reconciles(kafka: FakeKafka) 
     kafka.append("orders", 1, 3)
 
     result = dg.materialize(
-        [ORDERS],
-        resources={"kafka": kafka},
-        run_config=_topic_config(partitions=8, retention_ms=3_600_000),
+        [_orders_declared(partitions=8, retention_ms=3_600_000)], resources={"kafka": kafka}
     )
 
     assert result.success
@@ -128,36 +146,53 @@ def test_rerun_with_same_settings_changes_nothing(kafka: FakeKafka) -> None:
     )
 
 
-def test_fewer_partitions_fail_with_a_message_naming_the_topic(kafka: FakeKafka) -> None:
+def test_partitions_added_outside_are_reported_not_fatal(kafka: FakeKafka) -> None:
+    """Declared partitions are a minimum: an operator may add more, and the pipeline goes on."""
     assert dg.materialize([ORDERS], resources={"kafka": kafka}).success
+    kafka.add_partitions("orders", 9)  # as kafka-topics.sh --alter would
 
-    result = dg.materialize(
-        [ORDERS],
-        resources={"kafka": kafka},
-        run_config=_topic_config(partitions=4),
-        raise_on_error=False,
-    )
+    result = dg.materialize([ORDERS], resources={"kafka": kafka})
+
+    assert result.success
+    md = _materialization(result, ORDERS).metadata
+    assert (md["partitions"].value, md["partitions_declared"].value) == (9, 6)
+    assert md["partitions_extra"].value == 3
+    check = _check(result)
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["extra"].value == 3
+    assert kafka.describe_topic("orders").partitions == 9  # untouched
+
+
+def test_declared_partitions_pass_the_check(kafka: FakeKafka) -> None:
+    result = dg.materialize([ORDERS], resources={"kafka": kafka})
+    assert _check(result).passed
+
+
+def test_replication_difference_fails_with_a_message_naming_the_topic(kafka: FakeKafka) -> None:
+    kafka.create("orders", 6, replication_factor=3)
+
+    result = dg.materialize([ORDERS], resources={"kafka": kafka}, raise_on_error=False)
 
     assert not result.success
     message = _failure_description(result, ORDERS)
-    assert "'orders'" in message
-    assert "6 partitions" in message and "cannot shrink to 4" in message
-    assert kafka.describe_topic("orders").partitions == 6  # untouched
+    assert "'orders'" in message and "replication factor 3" in message and "declared 1" in message
 
 
-def test_replication_change_fails_with_a_message_naming_the_topic(kafka: FakeKafka) -> None:
-    assert dg.materialize([ORDERS], resources={"kafka": kafka}).success
+def test_cleanup_policy_difference_fails_with_a_message_naming_the_topic(kafka: FakeKafka) -> None:
+    kafka.create("orders", 6, config={"cleanup.policy": "compact"})
 
-    result = dg.materialize(
-        [ORDERS],
-        resources={"kafka": kafka},
-        run_config=_topic_config(replication_factor=3),
-        raise_on_error=False,
-    )
+    result = dg.materialize([ORDERS], resources={"kafka": kafka}, raise_on_error=False)
 
     assert not result.success
     message = _failure_description(result, ORDERS)
-    assert "'orders'" in message and "replication factor 1" in message
+    assert "'orders'" in message and "cleanup.policy=compact" in message
+    assert kafka.describe_topic("orders").config["cleanup.policy"] == "compact"  # untouched
+
+
+def test_topic_spec_rejects_impossible_settings() -> None:
+    for bad in ({"partitions": 0}, {"replication_factor": 0}, {"name": "bad name!"}):
+        with pytest.raises(ValueError, match="topic"):
+            TopicSpec.model_validate({"name": "t", **bad})
 
 
 def test_fake_ensure_topic_reports_config_changes(kafka: FakeKafka) -> None:
@@ -221,7 +256,7 @@ def test_shop_events_sends_exactly_count_messages(kafka: FakeKafka) -> None:
 
 
 def test_shop_events_is_reproducible_for_a_seed(kafka: FakeKafka) -> None:
-    other = FakeKafka(bootstrap_servers="fake:9092")
+    other = FakeKafka()
     for fake in (kafka, other):
         dg.materialize(
             [*topic_assets, shop_events],
@@ -245,7 +280,7 @@ def test_shop_events_without_seed_derives_it_from_end_offsets(kafka: FakeKafka) 
 
 
 def test_failed_deliveries_fail_the_run() -> None:
-    kafka = FakeKafka(bootstrap_servers="fake:9092", fail_deliveries=True)
+    kafka = FakeKafka(fail_deliveries=True)
 
     result = dg.materialize(
         [*topic_assets, shop_events],

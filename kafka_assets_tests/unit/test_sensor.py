@@ -5,9 +5,8 @@ import json
 import dagster as dg
 import pytest
 
-from kafka_assets.kafka.assets import offsets_version
 from kafka_assets.kafka.sensors import (
-    DATA_VERSION_TAG,
+    WatchedTopic,
     build_offsets_sensor,
     dump_cursor,
     new_messages,
@@ -28,20 +27,42 @@ CHECKS = {
     "orders": [dg.AssetCheckKey(key("warehouse/orders"), "orders_ok")],
     "page_views": [dg.AssetCheckKey(key("warehouse/page_views"), "page_views_ok")],
 }
-SENSOR = build_offsets_sensor(TARGETS, CHECKS)
+STREAMS = {"orders": [key("spark/orders_events")], "page_views": [key("spark/page_views_events")]}
+SENSOR = build_offsets_sensor(
+    {
+        t: WatchedTopic(key(f"kafka/{t}"), TARGETS[t], CHECKS[t], STREAMS[t])
+        for t in ("orders", "page_views")
+    }
+)
 
 
 @pytest.fixture
 def kafka() -> FakeKafka:
-    fake = FakeKafka(bootstrap_servers="fake:9092")
+    fake = FakeKafka()
     fake.create("orders", 2)
     fake.create("page_views", 1)
     return fake
 
 
-def tick(kafka: FakeKafka, cursor: str | None, sensor: dg.SensorDefinition = SENSOR):
-    context = dg.build_sensor_context(cursor=cursor, resources={"kafka": kafka})
+def tick(
+    kafka: FakeKafka,
+    cursor: str | None,
+    sensor: dg.SensorDefinition = SENSOR,
+    instance: dg.DagsterInstance | None = None,
+):
+    context = dg.build_sensor_context(
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        cursor=cursor,
+        resources={"kafka": kafka},
+    )
     return context, sensor(context)
+
+
+def committed(instance: dg.DagsterInstance, stream: str, offsets: dict[str, int]) -> None:
+    """Record a stream materialization with its end offsets, as a stream run would."""
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key=key(stream), metadata={"end_offsets": offsets})
+    )
 
 
 def cursor_of(offsets: dict) -> str:
@@ -112,9 +133,8 @@ def test_new_offsets_on_one_topic_request_its_downstream_only(kafka: FakeKafka) 
     (observation,) = result.asset_events
     assert isinstance(observation, dg.AssetObservation)
     assert observation.asset_key == key("kafka/orders")
-    assert observation.tags[DATA_VERSION_TAG] == offsets_version({"orders": {0: 4, 1: 2}}).value
     assert observation.metadata["new_messages"].value == 3
-    assert observation.metadata["lag_at_tick"].value == 3
+    assert observation.metadata["messages_total"].value == 6
     assert observation.metadata["end_offsets"].value == {"0": 4, "1": 2}
 
     # The changed topic moves to its end offsets; the other keeps its previous position.
@@ -200,7 +220,7 @@ def test_new_partition_counts_from_zero(kafka: FakeKafka) -> None:
 
 
 def test_missing_topic_is_named_in_the_skip_message() -> None:
-    kafka = FakeKafka(bootstrap_servers="fake:9092")
+    kafka = FakeKafka()
     kafka.create("orders", 1)
 
     _, result = tick(kafka, None)
@@ -210,7 +230,7 @@ def test_missing_topic_is_named_in_the_skip_message() -> None:
 
 
 def test_missing_topic_does_not_hold_back_the_other() -> None:
-    kafka = FakeKafka(bootstrap_servers="fake:9092")
+    kafka = FakeKafka()
     kafka.create("orders", 1)
     kafka.append("orders", 0, 2)
 
@@ -221,11 +241,53 @@ def test_missing_topic_does_not_hold_back_the_other() -> None:
     assert json.loads(result.cursor) == {"orders": {"0": 2}}
 
 
+# -- (f) what the streams committed counts as covered -------------------------------------------
+
+
+def test_offsets_a_stream_committed_outside_the_sensor_are_not_requested(kafka: FakeKafka) -> None:
+    """A stream run by hand (or by the demo) advanced past the cursor: nothing to request."""
+    instance = dg.DagsterInstance.ephemeral()
+    kafka.append("orders", 0, 4)
+    committed(instance, "spark/orders_events", {"0": 4, "1": 0})
+
+    context, result = tick(kafka, None, instance=instance)
+
+    assert isinstance(result, dg.SkipReason)
+    assert context.cursor is None
+
+    kafka.append("orders", 1, 2)
+    _, moved = tick(kafka, None, instance=instance)
+    assert moved.asset_events[0].metadata["new_messages"].value == 2  # only past the stream
+
+
+def test_a_topic_is_covered_only_as_far_as_all_its_streams() -> None:
+    kafka = FakeKafka()
+    kafka.create("orders", 1)
+    kafka.append("orders", 0, 5)
+    instance = dg.DagsterInstance.ephemeral()
+    both = build_offsets_sensor(
+        {
+            "orders": WatchedTopic(
+                key("kafka/orders"),
+                TARGETS["orders"],
+                streams=[key("spark/orders_events"), key("spark/revenue_per_minute")],
+            )
+        }
+    )
+    committed(instance, "spark/orders_events", {"0": 5})
+
+    _, result = tick(kafka, None, both, instance)
+
+    assert result.asset_events[0].metadata["new_messages"].value == 5  # the aggregate lags
+
+
 # -- the project's sensor ------------------------------------------------------------------------
 
 
 def test_project_sensor_requests_lineage_and_checks_of_the_changed_topic(kafka: FakeKafka) -> None:
-    from kafka_assets.definitions import kafka_offsets_sensor
+    from kafka_assets.definitions import defs
+
+    kafka_offsets_sensor = defs.resolve_sensor_def("kafka_offsets_sensor")
 
     kafka.append("orders", 1, 5)
 
@@ -249,7 +311,9 @@ def test_project_sensor_requests_lineage_and_checks_of_the_changed_topic(kafka: 
 
 
 def test_project_sensor_for_page_views(kafka: FakeKafka) -> None:
-    from kafka_assets.definitions import kafka_offsets_sensor
+    from kafka_assets.definitions import defs
+
+    kafka_offsets_sensor = defs.resolve_sensor_def("kafka_offsets_sensor")
 
     kafka.append("page_views", 0, 1)
     cursor = cursor_of({"orders": {0: 0, 1: 0}})

@@ -1,24 +1,20 @@
-"""Warehouse SQL as rendered text, the reconciliation arithmetic, and DataFrame table specs."""
-
-import datetime as dt
-from decimal import Decimal
+"""Warehouse tables derived from the shop's YAML, their SQL as rendered text, and reconciliation."""
 
 import pytest
 from psycopg import sql
-from pyspark.sql import types as T
 
+from kafka_assets.definitions import pipelines
 from kafka_assets.warehouse.checks import reconcile
-from kafka_assets.warehouse.io_manager import create_table_sql, spec_from_dataframe, upsert_sql
+from kafka_assets.warehouse.io_manager import create_table_sql, upsert_sql
 from kafka_assets.warehouse.resources import PostgresResource
-from kafka_assets.warehouse.tables import (
-    ORDERS,
-    PAGE_VIEW_COUNTS,
-    PAGE_VIEWS,
-    QUARANTINE,
-    REVENUE_PER_MINUTE,
-    TableSpec,
-)
+from kafka_assets.warehouse.tables import Table, quarantine_table
 
+DECLARED = {p.table.name: p.table for pipeline in pipelines for p in pipeline.tables_planned}
+ORDERS = DECLARED["orders"]
+PAGE_VIEWS = DECLARED["page_views"]
+REVENUE_PER_MINUTE = DECLARED["revenue_per_minute"]
+PAGE_VIEW_COUNTS = DECLARED["page_view_counts"]
+QUARANTINE = quarantine_table("quarantine")
 ALL_TABLES = (ORDERS, PAGE_VIEWS, QUARANTINE, REVENUE_PER_MINUTE, PAGE_VIEW_COUNTS)
 WAREHOUSE = PostgresResource(dsn="postgresql://unused", schema_name="shop")
 
@@ -36,7 +32,7 @@ def quoted(names) -> str:
 
 
 @pytest.mark.parametrize("spec", ALL_TABLES, ids=lambda s: s.name)
-def test_create_table_sql(spec: TableSpec) -> None:
+def test_create_table_sql(spec: Table) -> None:
     text = render(create_table_sql(spec, WAREHOUSE.table(spec.name)))
 
     assert text.startswith(f'CREATE TABLE IF NOT EXISTS "shop"."{spec.name}" (')
@@ -47,7 +43,7 @@ def test_create_table_sql(spec: TableSpec) -> None:
 
 
 @pytest.mark.parametrize("spec", ALL_TABLES, ids=lambda s: s.name)
-def test_upsert_sql_is_one_row_per_key_with_on_conflict(spec: TableSpec) -> None:
+def test_upsert_sql_is_one_row_per_key_with_on_conflict(spec: Table) -> None:
     incoming = sql.Identifier(f"_incoming_{spec.name}")
     text = render(upsert_sql(spec, WAREHOUSE.table(spec.name), incoming))
 
@@ -75,7 +71,7 @@ def test_orders_upsert_never_lets_an_older_event_win() -> None:
 
 
 @pytest.mark.parametrize("spec", [PAGE_VIEWS, QUARANTINE, REVENUE_PER_MINUTE, PAGE_VIEW_COUNTS])
-def test_other_upserts_have_no_recency_guard(spec: TableSpec) -> None:
+def test_other_upserts_have_no_recency_guard(spec: Table) -> None:
     text = render(upsert_sql(spec, WAREHOUSE.table(spec.name), sql.Identifier("_incoming")))
     assert " WHERE " not in text
     assert text.endswith("_loaded_at = now()")
@@ -138,61 +134,57 @@ def test_reconcile_fails_for_a_consumed_partition_with_no_rows() -> None:
     assert per["1"]["rows"] == 0 and per["1"]["missing"] == 5
 
 
-# -- whole-DataFrame tables -----------------------------------------------------------------------
+# -- tables derived from the YAML ----------------------------------------------------------------
 
 
-def test_spec_from_dataframe_maps_spark_types(spark) -> None:
-    schema = T.StructType(
-        [
-            T.StructField("name", T.StringType()),
-            T.StructField("n", T.IntegerType()),
-            T.StructField("big", T.LongType()),
-            T.StructField("ratio", T.DoubleType()),
-            T.StructField("flag", T.BooleanType()),
-            T.StructField("at", T.TimestampType()),
-            T.StructField("day", T.DateType()),
-            T.StructField("price", T.DecimalType(10, 2)),
-        ]
-    )
-    row = ("a", 1, 2, 0.5, True, dt.datetime(2026, 1, 1), dt.date(2026, 1, 1), Decimal("1.25"))
-    df = spark.createDataFrame([row], schema)
+def columns(table: Table) -> list[tuple[str, str]]:
+    return [(c.name, c.pg_type) for c in table.columns]
 
-    spec = spec_from_dataframe("summary", df)
 
-    assert spec.name == "summary" and spec.primary_key == ()
-    assert [(c.name, c.pg_type) for c in spec.columns] == [
-        ("name", "text"),
-        ("n", "integer"),
-        ("big", "bigint"),
-        ("ratio", "double precision"),
-        ("flag", "boolean"),
-        ("at", "timestamptz"),
-        ("day", "date"),
-        ("price", "numeric"),
+def test_latest_table_columns_keys_and_order() -> None:
+    assert columns(ORDERS) == [
+        ("order_id", "text NOT NULL"),
+        ("status", "text NOT NULL"),
+        ("customer_id", "text NOT NULL"),
+        ("items", "jsonb NOT NULL"),
+        ("amount", "numeric(14,2) NOT NULL"),
+        ("currency", "text NOT NULL"),
+        ("event_time", "timestamptz NOT NULL"),
+        ("event_id", "text NOT NULL"),
+        ("source_partition", "integer NOT NULL"),
+        ("source_offset", "bigint NOT NULL"),
     ]
-    text = render(create_table_sql(spec, WAREHOUSE.table("summary")))
-    assert "PRIMARY KEY" not in text
+    assert ORDERS.primary_key == ("order_id",)
+    assert ORDERS.newer_than == ("event_time", "source_offset")
+    assert ORDERS.offset_columns == ("source_partition", "source_offset")
 
 
-@pytest.mark.parametrize(
-    ("data_type", "value"),
-    [
-        (T.ArrayType(T.StringType()), ["a"]),
-        (T.MapType(T.StringType(), T.LongType()), {"a": 1}),
-        (T.StructType([T.StructField("x", T.LongType())]), (1,)),
-        (T.BinaryType(), b"\x00"),
-    ],
-    ids=["array", "map", "struct", "binary"],
-)
-def test_spec_from_dataframe_rejects_unmapped_types(spark, data_type, value) -> None:
-    schema = T.StructType(
-        [T.StructField("ok", T.StringType()), T.StructField("payload", data_type)]
-    )
-    df = spark.createDataFrame([("a", value)], schema)
+def test_append_table_is_keyed_by_kafka_position() -> None:
+    assert columns(PAGE_VIEWS) == [
+        ("source_partition", "integer NOT NULL"),
+        ("source_offset", "bigint NOT NULL"),
+        ("event_id", "text NOT NULL"),
+        ("session_id", "text NOT NULL"),
+        ("user_id", "text"),
+        ("page", "text NOT NULL"),
+        ("referrer", "text"),
+        ("event_time", "timestamptz NOT NULL"),
+    ]
+    assert PAGE_VIEWS.primary_key == ("source_partition", "source_offset")
 
-    with pytest.raises(TypeError) as excinfo:
-        spec_from_dataframe("events", df)
 
-    message = str(excinfo.value)
-    assert "'payload'" in message and "'events'" in message
-    assert data_type.simpleString() in message
+def test_aggregate_tables_are_keyed_by_window_and_group() -> None:
+    assert columns(REVENUE_PER_MINUTE) == [
+        ("window_start", "timestamptz NOT NULL"),
+        ("window_end", "timestamptz NOT NULL"),
+        ("currency", "text NOT NULL"),
+        ("revenue", "numeric"),
+        ("orders", "bigint NOT NULL"),
+    ]
+    assert REVENUE_PER_MINUTE.primary_key == ("window_start", "currency")
+    assert columns(PAGE_VIEW_COUNTS)[2:] == [
+        ("page", "text NOT NULL"),
+        ("views", "bigint NOT NULL"),
+        ("sessions", "bigint NOT NULL"),
+    ]
+    assert PAGE_VIEW_COUNTS.offset_columns is None

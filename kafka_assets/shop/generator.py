@@ -110,6 +110,21 @@ def generate(
     return _stream(count, config, start_time)
 
 
+def shop_stream(
+    count: int,
+    *,
+    seed: int,
+    start_time: datetime,
+    malformed_fraction: float = 0.01,
+    late_fraction: float = 0.05,
+) -> Iterator[GeneratedMessage]:
+    """The producer component's entry point (`generator:` in the producer's defs.yaml)."""
+    config = GeneratorConfig(
+        seed=seed, malformed_fraction=malformed_fraction, late_fraction=late_fraction
+    )
+    return generate(count, config, start_time)
+
+
 def summarize(messages: Iterable[GeneratedMessage]) -> dict[str, dict[str, int]]:
     """{topic: {"messages": n, "malformed": m}}, both topics always present."""
     summary = {t: {"messages": 0, "malformed": 0} for t in (ORDERS_TOPIC, PAGE_VIEWS_TOPIC)}
