@@ -10,6 +10,7 @@ reads the environment or opens a connection when the module is imported.
 """
 
 from collections import defaultdict
+from pathlib import Path
 from types import ModuleType
 
 import dagster as dg
@@ -17,7 +18,6 @@ import dagster as dg
 from kafka_assets.kafka.resources import KafkaResource
 from kafka_assets.kafka.sensors import WatchedTopic, build_offsets_sensor
 from kafka_assets.lib import KafkaPipeline
-from kafka_assets.paths import PROJECT_ROOT
 from kafka_assets.spark.resources import StreamingSettings, build_pyspark_resource
 from kafka_assets.spark.staging import StagingIOManager
 from kafka_assets.warehouse.assets import build_quarantine_asset
@@ -31,7 +31,10 @@ class PipelineConflict(ValueError):
 
 
 def load_pipelines(defs_module: ModuleType) -> tuple[dg.Definitions, list[KafkaPipeline]]:
-    tree = dg.ComponentTree.from_module(defs_module=defs_module, project_root=PROJECT_ROOT)
+    """Every component under `defs_module`, built, and the pipelines among them."""
+    package_dir = Path(defs_module.__file__).resolve().parent
+    project_root = package_dir.parents[len(defs_module.__name__.split(".")) - 1]
+    tree = dg.ComponentTree.from_module(defs_module=defs_module, project_root=project_root)
     return tree.build_defs(), tree.get_all_components(of_type=KafkaPipeline)
 
 
@@ -118,8 +121,14 @@ def resources() -> dict[str, object]:
     }
 
 
-def build_definitions(defs_module: ModuleType | None = None) -> tuple[dg.Definitions, list]:
-    """Everything for the code location, and the pipelines it was derived from."""
+def build_definitions(
+    defs_module: ModuleType | None = None,
+) -> tuple[dg.Definitions, list[KafkaPipeline]]:
+    """Everything for a code location, and the pipelines it was derived from.
+
+    `defs_module` is this project's `kafka_assets.defs` by default; another project can pass its
+    own defs package of pipeline YAML files and get the same sensors, quarantine and resources.
+    """
     if defs_module is None:
         import kafka_assets.defs as defs_module
     project, pipelines = load_pipelines(defs_module)

@@ -51,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     timings["topics"] = time.monotonic() - stage
 
     # Every producer the project declares (the shop's generator, in the example).
+    graph = defs.resolve_asset_graph()
     producers = [
-        a
-        for a in defs.resolve_asset_graph().assets_defs
-        if "kafka/generator" in a.metadata_by_key.get(a.key, {})
+        defs.resolve_assets_def(k)
+        for k in graph.get_all_asset_keys()
+        if "kafka/generator" in graph.get(k).metadata
     ]
     produced: dict[str, dict] = {"per_topic": {}, "malformed_sent": {}}
     stage = time.monotonic()

@@ -16,11 +16,11 @@ def materialize(
     checks: Sequence[dg.AssetCheckKey] | None = None,
     run_config: Mapping | None = None,
     tags: Mapping[str, str] | None = None,
+    defs: dg.Definitions | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """Materialize `selection` from the project's definitions, in process, as the daemon's run
-    of the same subset would. `checks=None` runs the checks of the selected assets."""
-    from kafka_assets.definitions import defs
-
+    """Materialize `selection` from the definitions (the project's by default), in process, as
+    the daemon's run of the same subset would. `checks=None` runs the selected assets' checks."""
+    defs = defs or _project_defs()
     job = defs.resolve_implicit_global_asset_job_def().get_subset(
         asset_selection=set(selection),
         asset_check_selection=None if checks is None else set(checks),
@@ -30,14 +30,24 @@ def materialize(
     )
 
 
-def tick(instance: dg.DagsterInstance, sensor_name: str = "kafka_offsets_sensor"):
-    """One evaluation of a sensor, as the daemon would do it (the demo keeps no cursor of its own:
-    the offsets sensor counts what the streams committed in the instance as covered)."""
+def _project_defs() -> dg.Definitions:
     from kafka_assets.definitions import defs
 
+    return defs
+
+
+def tick(
+    instance: dg.DagsterInstance,
+    sensor_name: str = "kafka_offsets_sensor",
+    defs: dg.Definitions | None = None,
+    cursor: str | None = None,
+):
+    """One evaluation of a sensor, as the daemon would do it (the demo keeps no cursor of its own:
+    the offsets sensor counts what the streams committed in the instance as covered)."""
+    defs = defs or _project_defs()
     sensor = defs.resolve_sensor_def(sensor_name)
     resources = {k: defs.resources[k] for k in sensor.required_resource_keys}
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
         result = sensor(context)
     if isinstance(result, dg.SensorResult):
         for event in result.asset_events:
@@ -45,11 +55,14 @@ def tick(instance: dg.DagsterInstance, sensor_name: str = "kafka_offsets_sensor"
     return result
 
 
-def run_request(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+def run_request(
+    instance: dg.DagsterInstance, request: dg.RunRequest, defs: dg.Definitions | None = None
+) -> dg.ExecuteInProcessResult:
     tags = dict(request.tags)
     if request.run_key:
         tags["dagster/run_key"] = request.run_key
-    return materialize(instance, list(request.asset_selection), request.asset_check_keys, tags=tags)
+    selection = list(request.asset_selection)
+    return materialize(instance, selection, request.asset_check_keys, tags=tags, defs=defs)
 
 
 def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:

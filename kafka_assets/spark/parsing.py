@@ -62,8 +62,11 @@ def _has_null_leaf(value: Column, ftype: FieldType) -> Column:
     return value.isNull()
 
 
-def _typed(field: Column, json_type: Column, ftype: FieldType) -> tuple[Column, Column]:
-    """(typed value or null, whether the present value is acceptable) for one top-level field."""
+def _typed(field: Column, json_type: Column | None, ftype: FieldType) -> tuple[Column, Column]:
+    """(typed value or null, whether the present value is acceptable) for one scalar field.
+
+    `json_type` is the field's `schema_of_variant`: what the JSON value is, before any cast.
+    """
     kind = ftype.kind
     if kind == "string":
         return F.try_variant_get(field, "$", "string"), json_type == "STRING"
@@ -72,9 +75,7 @@ def _typed(field: Column, json_type: Column, ftype: FieldType) -> tuple[Column, 
         return value, (json_type == "BIGINT") & value.isNotNull()
     if kind == "double":
         value = F.try_variant_get(field, "$", "double")
-        numeric = (
-            (json_type == "BIGINT") | (json_type == "DOUBLE") | json_type.startswith("DECIMAL")
-        )
+        numeric = json_type.isin("BIGINT", "DOUBLE") | json_type.startswith("DECIMAL")
         finite = ~value.isin(float("inf"), float("-inf")) & ~F.isnan(value)
         return value, numeric & value.isNotNull() & finite
     if kind == "decimal":
@@ -87,39 +88,58 @@ def _typed(field: Column, json_type: Column, ftype: FieldType) -> tuple[Column, 
         text = F.try_variant_get(field, "$", "string")
         value = F.try_to_timestamp(text) if kind == "timestamp" else F.try_to_date(text)
         return value, (json_type == "STRING") & value.isNotNull()
-    if kind == "json":
-        return F.to_json(field), F.lit(True)
-    cast = F.try_variant_get(field, "$", _cast_type(ftype))
-    shape = json_type.startswith("ARRAY" if kind == "array" else "OBJECT")
-    return F.to_json(cast), shape & cast.isNotNull() & ~_has_null_leaf(cast, ftype)
+    raise ValueError(f"not a scalar type: {ftype}")
 
 
 def parse_messages(raw: DataFrame, fmt: FormatSpec) -> DataFrame:
-    """One row per Kafka record: position, key, each declared field typed, `error`, `raw_value`."""
-    fields = fmt.fields
-    text = F.col("value").cast("string")
-    doc = F.try_parse_json(text)
-    # Stage 1: the document once, each field's variant and JSON type once.
-    stage1 = (
-        raw.select(
-            "topic",
-            "partition",
-            "offset",
-            F.col("timestamp").alias("kafka_timestamp"),
-            F.col("key").cast("string").alias("key"),
-            "value",
-            F.is_valid_utf8(text).alias("_utf8"),
-            doc.alias("_doc"),
-        )
-        .select(
-            "*",
-            F.schema_of_variant("_doc").alias("_doc_type"),
-            *(F.try_variant_get("_doc", f"$['{n}']", "variant").alias(f"_v_{n}") for n in fields),
-        )
-        .select("*", *(F.schema_of_variant(f"_v_{n}").alias(f"_t_{n}") for n in fields))
-    )
+    """One row per Kafka record: position, key, each declared field typed, `error`, `raw_value`.
 
-    typed: dict[str, Column] = {}
+    Built in stages so that every expensive value (the parsed document, each field's variant, its
+    JSON type, its typed value) is computed once and referenced by name afterwards.
+    """
+    fields = {n: f.parsed_type for n, f in fmt.fields.items()}
+    scalar = [n for n, t in fields.items() if not (t.is_complex or t.kind == "json")]
+    text = F.col("value").cast("string")
+    df = raw.select(
+        "topic",
+        "partition",
+        "offset",
+        F.col("timestamp").alias("kafka_timestamp"),
+        F.col("key").cast("string").alias("key"),
+        "value",
+        F.is_valid_utf8(text).alias("_utf8"),
+        F.try_parse_json(text).alias("_doc"),
+    )
+    df = df.select(
+        "*",
+        F.schema_of_variant("_doc").alias("_doc_type"),
+        *(F.try_variant_get("_doc", f"$['{n}']", "variant").alias(f"_v_{n}") for n in fields),
+    )
+    df = df.select("*", *(F.schema_of_variant(f"_v_{n}").alias(f"_t_{n}") for n in scalar))
+    staged: list[Column] = []
+    for name, ftype in fields.items():
+        field = F.col(f"_v_{name}")
+        if name in scalar:
+            value, ok = _typed(field, F.col(f"_t_{name}"), ftype)
+            staged += [value.alias(f"_x_{name}"), ok.alias(f"_ok_{name}")]
+        elif ftype.kind == "json":
+            staged += [F.to_json(field).alias(f"_x_{name}"), F.lit(True).alias(f"_ok_{name}")]
+        else:
+            staged.append(F.try_variant_get(field, "$", _cast_type(ftype)).alias(f"_c_{name}"))
+    df = df.select("*", *staged)
+    complex_ = [n for n, t in fields.items() if t.is_complex]
+    if complex_:
+        df = df.select(
+            "*",
+            *(F.to_json(f"_c_{n}").alias(f"_x_{n}") for n in complex_),
+            *(
+                (F.col(f"_c_{n}").isNotNull() & ~_has_null_leaf(F.col(f"_c_{n}"), fields[n])).alias(
+                    f"_ok_{n}"
+                )
+                for n in complex_
+            ),
+        )
+
     checks = [
         F.when(F.col("value").isNull() | (F.length("value") == 0), F.lit("empty message value")),
         F.when(~F.col("_utf8"), F.lit("invalid UTF-8")),
@@ -127,47 +147,41 @@ def parse_messages(raw: DataFrame, fmt: FormatSpec) -> DataFrame:
         F.when(~F.col("_doc_type").startswith("OBJECT"), F.lit("not a JSON object")),
     ]
     absent = {n: F.col(f"_v_{n}").isNull() | F.is_variant_null(f"_v_{n}") for n in fields}
-    for name, spec in fields.items():
+    got = {n: F.substring(F.to_json(F.col(f"_v_{n}")), 1, 80) for n in fields}
+    for name, spec in fmt.fields.items():
         if spec.required:
             checks.append(F.when(absent[name], F.lit(f"missing field: {name}")))
-    for name, spec in fields.items():
-        ftype = spec.parsed_type
-        value, ok = _typed(F.col(f"_v_{name}"), F.col(f"_t_{name}"), ftype)
-        typed[name] = value
-        got = F.substring(F.to_json(F.col(f"_v_{name}")), 1, 80)
+    for name, ftype in fields.items():
         checks.append(
             F.when(
-                ~absent[name] & ~F.coalesce(ok, F.lit(False)),
-                F.concat(F.lit(f"invalid {name}: expected {ftype}, got "), got),
+                ~absent[name] & ~F.coalesce(F.col(f"_ok_{name}"), F.lit(False)),
+                F.concat(F.lit(f"invalid {name}: expected {ftype}, got "), got[name]),
             )
         )
-    for name, spec in fields.items():
+    for name, spec in fmt.fields.items():
         if spec.allowed is not None:
             listed = ", ".join(str(a) for a in spec.allowed)
             checks.append(
                 F.when(
-                    ~absent[name] & ~typed[name].isin(*spec.allowed),
-                    F.concat(
-                        F.lit(f"invalid {name}: not one of [{listed}]: "),
-                        F.substring(F.to_json(F.col(f"_v_{name}")), 1, 80),
-                    ),
+                    ~absent[name] & ~F.col(f"_x_{name}").isin(*spec.allowed),
+                    F.concat(F.lit(f"invalid {name}: not one of [{listed}]: "), got[name]),
                 )
             )
     # An optimizer fence: a filter on `error` (e.g. keeping valid rows) would otherwise be pushed
-    # below this projection and inline the whole parse into the filter, once per reference to the
-    # document, which makes code generation take tens of seconds. A non-deterministic term keeps
-    # the filter above; partition ids are never negative, so the term never yields a value.
+    # below these projections and inline the whole parse into the filter, once per reference to
+    # the document, which makes code generation take tens of seconds. A non-deterministic term
+    # keeps the filter above; partition ids are never negative, so the term never yields a value.
     fence = F.when(F.spark_partition_id() < 0, F.lit("unreachable"))
-    parsed = stage1.withColumn("error", F.coalesce(*checks, fence))
-    return parsed.select(
+    df = df.withColumn("error", F.coalesce(*checks, fence))
+    return df.select(
         "topic",
         "partition",
         "offset",
         "kafka_timestamp",
         "key",
         *(
-            F.when(F.col("error").isNull(), typed[n]).cast(spark_type(s.parsed_type)).alias(n)
-            for n, s in fields.items()
+            F.when(F.col("error").isNull(), F.col(f"_x_{n}")).cast(spark_type(t)).alias(n)
+            for n, t in fields.items()
         ),
         "error",
         F.when(F.col("error").isNotNull(), F.concat(F.lit("\\x"), F.lower(F.hex("value")))).alias(
