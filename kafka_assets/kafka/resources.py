@@ -92,7 +92,9 @@ class KafkaResource(dg.ConfigurableResource):
     def admin(self):
         from confluent_kafka.admin import AdminClient
 
-        return AdminClient(self.client_config())
+        # Warnings and errors only: librdkafka's notices (e.g. a background queue purged when a
+        # short-lived admin client closes) are not something an operator can act on.
+        return AdminClient({**self.client_config(), "log_level": 4})
 
     def producer(self, **overrides: object):
         """An idempotent producer: librdkafka leaves idempotence off unless asked (acks=all)."""

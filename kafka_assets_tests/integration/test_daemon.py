@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 
 from kafka_assets import runner
-from kafka_assets.local.services import write_dagster_yaml
+from kafka_assets.local.services import write_dagster_yaml, write_env_file
 
 pytestmark = pytest.mark.integration
 
@@ -52,11 +52,21 @@ def test_daemon_launches_nothing_old_and_follows_a_stream_run_by_hand(pipeline_e
     assert runner.run_request(instance, request).success
     before = {r.run_id for r in instance.get_runs()}
 
+    # As `make dev` runs it: settings from a .env in the working directory (Dagster reads that
+    # file from the daemon's cwd, and its values win over the environment's), so a checkout's own
+    # .env from `make demo` cannot point this daemon at other services.
+    workdir = tmp_path / "dev"
+    workdir.mkdir()
+    write_env_file(pipeline_env, workdir / ".env")
+    (workdir / "workspace.yaml").write_text(
+        "load_from:\n  - python_module:\n      module_name: kafka_assets.definitions\n"
+        f"      working_directory: {ROOT}\n"
+    )
     log = tmp_path / "daemon.log"
     with open(log, "wb") as out:
         daemon = subprocess.Popen(
             [str(Path(os.sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-            cwd=ROOT,
+            cwd=workdir,
             env=dict(os.environ),
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -276,3 +276,11 @@ def test_negative_count_is_rejected():
     with pytest.raises(ValueError, match="count"):
         generate(-1, GeneratorConfig(), START)
     assert list(itertools.islice(generate(0, GeneratorConfig(), START), 1)) == []
+
+
+def test_generator_statuses_are_the_ones_the_orders_yaml_allows():
+    """The generator is the shop's producer side; the YAML is the consumer's contract."""
+    from kafka_assets.definitions import pipelines
+
+    orders = next(p for p in pipelines if p.topic.name == ORDERS_TOPIC)
+    assert tuple(orders.format.fields["status"].allowed) == ORDER_STATUSES
