@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MESSAGES ?= 20000
 
-.PHONY: help install jars services-up services-down status demo dev test test-unit lint clean
+.PHONY: help install jars services-up services-down status demo dev check test test-unit lint clean
 
 help:
 	@echo "make demo           set up everything, run Kafka -> Spark -> PostgreSQL once (MESSAGES=$(MESSAGES))"
 	@echo "make test           set up everything, run unit + integration tests against real services"
 	@echo "make dev            Dagster UI + daemon (sensors on) over the running services: http://127.0.0.1:3000"
+	@echo "make check          dg check defs: every pipeline YAML under kafka_assets/defs/ loads"
 	@echo "make services-up / services-down / status"
 
 $(STAMP): pyproject.toml
@@ -40,6 +41,9 @@ demo: install
 
 dev: services-up
 	set -a && . ./.env && set +a && $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+check: install
+	cd $(CURDIR) && $(VENV)/bin/dg check defs --use-active-venv
 
 # KAFKA_ASSETS_REQUIRE_SERVICES=1: a Kafka, Spark or PostgreSQL that cannot start fails the run.
 test: install

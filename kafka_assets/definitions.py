@@ -52,10 +52,12 @@ def check_unique(pipelines: list[KafkaPipeline]) -> None:
                     f"{claim[0]} {claim[1]!r} is declared by the pipelines of topic {other!r} "
                     f"and of topic {p.topic.name!r}; rename one of them"
                 )
-        if p.quarantine.table in {t for kind, t in owners if kind == "table"}:
+    for p in pipelines:
+        owner = owners.get(("table", p.quarantine.table))
+        if owner is not None:
             raise PipelineConflict(
                 f"quarantine table {p.quarantine.table!r} of topic {p.topic.name!r} is also a "
-                "pipeline's table"
+                f"table of the pipeline of topic {owner!r}"
             )
 
 

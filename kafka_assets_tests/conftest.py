@@ -73,9 +73,34 @@ def services():
     svc.down()
 
 
+def delete_topics(bootstrap_servers: str, timeout: float = 30.0) -> None:
+    """Delete every non-internal topic and wait until the broker no longer lists them.
+
+    The pipelines' topic names are declared (orders, page_views, ...), so tests that run them
+    share names on the session's broker; each starts from no topics, like a fresh cluster.
+    """
+    import time
+
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 4})
+    names = [t for t in admin.list_topics(timeout=10).topics if not t.startswith("__")]
+    if not names:
+        return
+    for future in admin.delete_topics(names, operation_timeout=timeout).values():
+        future.result()
+    deadline = time.monotonic() + timeout
+    while set(names) & set(admin.list_topics(timeout=10).topics):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {names} were not deleted within {timeout}s")
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def pipeline_env(services, spark, monkeypatch, tmp_path):
-    """The environment `.env` would give, pointed at the test services, a fresh schema and state."""
+    """The environment `.env` would give, pointed at the test services: no topics, a fresh
+    schema, checkpoints, staging and Dagster instance."""
+    delete_topics(services.bootstrap_servers)
     schema = f"t_{uuid.uuid4().hex[:10]}"
     env = services.as_env({"WAREHOUSE_SCHEMA": schema})
     env["SPARK_CHECKPOINT_BASE"] = str(tmp_path / "checkpoints")

@@ -203,7 +203,7 @@ def test_a_custom_transform_adds_a_column(tmp_path, spark) -> None:
         "      transform: {function: kafka_assets_tests.pipelines.transforms.with_cents}\n",
     )
     _, (pipeline,) = build_definitions(defs_package(tmp_path, {"payments": text}))
-    plan = next(p for p in pipeline.tables_planned if p.table.name == "payment_events")
+    plan = next(p for p in pipeline.table_plans if p.table.name == "payment_events")
     assert [c.name for c in plan.table.columns][-1] == "amount_cents"
 
     from kafka_assets.warehouse.assets import valid_rows
@@ -262,3 +262,17 @@ def test_dg_check_defs_names_the_file_line_and_field(tmp_path) -> None:
     assert proc.returncode != 0
     assert f"{yaml_path}:" in out  # the file, with the line of the block at fault
     assert "field 'amount': decimal needs (precision,scale)" in out
+
+
+def test_a_quarantine_table_cannot_be_another_pipelines_table(tmp_path) -> None:
+    other = (
+        PAYMENTS.read_text()
+        .replace("name: payments\n    partitions", "name: refunds\n    partitions")
+        .replace("- name: payments\n", "- name: refunds_latest\n")
+        .replace("name: payment_events", "name: refund_events")
+        .replace("name: captured_per_minute", "name: refunds_per_minute")
+        .replace("table: quarantine", "table: payments")
+    )
+    package = defs_package(tmp_path, {"payments": PAYMENTS, "refunds": other})
+    with pytest.raises(PipelineConflict, match="quarantine table 'payments' of topic 'refunds'"):
+        build_definitions(package)

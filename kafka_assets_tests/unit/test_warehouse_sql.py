@@ -9,7 +9,7 @@ from kafka_assets.warehouse.io_manager import create_table_sql, upsert_sql
 from kafka_assets.warehouse.resources import PostgresResource
 from kafka_assets.warehouse.tables import Table, quarantine_table
 
-DECLARED = {p.table.name: p.table for pipeline in pipelines for p in pipeline.tables_planned}
+DECLARED = {p.table.name: p.table for pipeline in pipelines for p in pipeline.table_plans}
 ORDERS = DECLARED["orders"]
 PAGE_VIEWS = DECLARED["page_views"]
 REVENUE_PER_MINUTE = DECLARED["revenue_per_minute"]

@@ -130,7 +130,7 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
         return StreamPlan(name, _stream_key(name, self.stream), spec, self.stream)
 
     @cached_property
-    def tables_planned(self) -> list[TablePlan]:
+    def table_plans(self) -> list[TablePlan]:
         plans = []
         for spec in self.tables:
             table = table_for(self, spec)
@@ -140,15 +140,20 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
 
     @property
     def streams(self) -> list[StreamPlan]:
-        return [self.events, *(t.stream for t in self.tables_planned if t.stream != self.events)]
+        return [self.events, *(t.stream for t in self.table_plans if t.stream != self.events)]
 
     @property
     def quarantine_key(self) -> dg.AssetKey:
         return quarantine_key(self.quarantine.table)
 
+    @staticmethod
+    def _custom(spec: TableSpec):
+        """The table's custom transform, imported now so a wrong path fails at load time."""
+        return load_callable(spec.transform.function, "transform") if spec.transform else None
+
     def _aggregate_stream(self, spec: TableSpec) -> StreamPlan:
         fmt = self.format
-        custom = load_callable(spec.transform.function, "transform") if spec.transform else None
+        custom = self._custom(spec)
 
         def shape(raw: DataFrame) -> DataFrame:
             events = parse_messages(raw, fmt)
@@ -183,16 +188,11 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
                 self.topic.name, self.topic_key, {s.name: s.key for s in self.streams}
             )
         ]
-        for plan in self.tables_planned:
+        for plan in self.table_plans:
             if plan.spec.mode == "aggregate":
-                mapper = None
+                mapper = None  # the stream already shaped the rows
             else:
-                custom = (
-                    load_callable(plan.spec.transform.function, "transform")
-                    if plan.spec.transform
-                    else None
-                )
-                mapper = valid_rows(plan.table, plan.spec.where, custom)
+                mapper = valid_rows(plan.table, plan.spec.where, self._custom(plan.spec))
             assets.append(
                 build_table_asset(
                     plan.table,
@@ -206,7 +206,7 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
                 checks.append(build_unique_keys_check(plan.key, plan.table))
         complete = [
             p
-            for p in self.tables_planned
+            for p in self.table_plans
             if p.spec.mode != "aggregate" and not p.spec.where and not p.spec.transform
         ]
         if complete:
