@@ -21,7 +21,7 @@ WORKDIR /opt/dagster/app
 
 # Jars first: this layer is rebuilt only when jvm/pom.xml changes. The pom writes to
 # ../.local/jars/spark, i.e. /opt/dagster/app/.local/jars/spark, which the Spark resource puts on
-# spark.jars (relative to the project root). .dockerignore keeps the host's .local/ out.
+# the driver classpath (relative to the project root). .dockerignore keeps the host's .local/ out.
 COPY jvm/pom.xml jvm/pom.xml
 RUN mvn -q -B -f jvm/pom.xml -P spark package \
     && ls .local/jars/spark/*.jar > /dev/null \

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import dagster as dg
 
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=20_000, help="messages to produce")
     parser.add_argument("--malformed-fraction", type=float, default=0.01)
     args = parser.parse_args(argv)
+    # Dagster's notes that component APIs are beta or preview are for developers of this
+    # project (pytest shows them), not for a person watching the demo.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
     from kafka_assets.local.services import LocalServices, write_env_file
 
@@ -39,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(env)
     write_env_file(env)
     timings["services"] = time.monotonic() - t0
+    print(f"services   Kafka {endpoints.bootstrap_servers}, PostgreSQL ready", flush=True)
 
     from kafka_assets import runner
     from kafka_assets.definitions import defs, pipelines
@@ -49,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     stage = time.monotonic()
     _ok(runner.materialize(instance, [p.topic_key for p in pipelines]))
     timings["topics"] = time.monotonic() - stage
+    print(
+        f"topics     {', '.join(p.topic.name for p in pipelines)} created or reconciled", flush=True
+    )
 
     # Every producer the project declares (the shop's generator, in the example).
     graph = defs.resolve_asset_graph()
@@ -72,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         for field in produced:
             produced[field].update(md[field].value)
     timings["produce"] = time.monotonic() - stage
+    print(f"produce    {sum(produced['per_topic'].values())} messages acknowledged", flush=True)
 
     stage = time.monotonic()
     tick = runner.tick(instance)
@@ -83,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     checks: dict[str, bool] = {}
     stage = time.monotonic()
     for request in tick.run_requests:
-        print(f"sensor requested run {request.run_key}: {len(request.asset_selection)} assets")
+        print(
+            f"sensor     run {request.run_key}: {len(request.asset_selection)} assets, "
+            f"{len(request.asset_check_keys or ())} checks (streams, tables, checks) ...",
+            flush=True,
+        )
         checks.update(runner.check_results(_ok(runner.run_request(instance, request))))
     timings["streams_tables_checks"] = time.monotonic() - stage
 

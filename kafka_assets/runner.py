@@ -17,10 +17,18 @@ def materialize(
     run_config: Mapping | None = None,
     tags: Mapping[str, str] | None = None,
     defs: dg.Definitions | None = None,
+    log_level: str = "WARNING",
 ) -> dg.ExecuteInProcessResult:
     """Materialize `selection` from the definitions (the project's by default), in process, as
-    the daemon's run of the same subset would. `checks=None` runs the selected assets' checks."""
+    the daemon's run of the same subset would. `checks=None` runs the selected assets' checks.
+
+    `log_level` only quiets the console: every event is still written to the instance.
+    """
     defs = defs or _project_defs()
+    run_config = {
+        **(run_config or {}),
+        "loggers": {"console": {"config": {"log_level": log_level}}},
+    }
     job = defs.resolve_implicit_global_asset_job_def().get_subset(
         asset_selection=set(selection),
         asset_check_selection=None if checks is None else set(checks),

@@ -17,7 +17,10 @@ def spark_config(master: str = "local[2]", jars_dir: Path = SPARK_JARS_DIR) -> d
     return {
         "spark.master": master,
         "spark.app.name": "kafka-assets",
-        "spark.jars": str(jars_dir / "*.jar"),
+        # A classpath wildcard, read by the JVM as it starts: `spark.jars` would take a glob
+        # too, but SparkContext then logs an ERROR for it on every start. Local mode runs the
+        # executors in the driver's JVM, so the driver's classpath is enough.
+        "spark.driver.extraClassPath": str(jars_dir / "*"),
         "spark.driver.memory": "2g",
         "spark.sql.shuffle.partitions": "4",
         "spark.sql.session.timeZone": "UTC",
