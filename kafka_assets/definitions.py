@@ -9,6 +9,7 @@ Environment-specific settings arrive only through `dg.EnvVar` (see `.env.example
 reads the environment or opens a connection when the module is imported.
 """
 
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from types import ModuleType
@@ -34,8 +35,13 @@ def load_pipelines(defs_module: ModuleType) -> tuple[dg.Definitions, list[KafkaP
     """Every component under `defs_module`, built, and the pipelines among them."""
     package_dir = Path(defs_module.__file__).resolve().parent
     project_root = package_dir.parents[len(defs_module.__name__.split(".")) - 1]
-    tree = dg.ComponentTree.from_module(defs_module=defs_module, project_root=project_root)
-    return tree.build_defs(), tree.get_all_components(of_type=KafkaPipeline)
+    with warnings.catch_warnings():
+        # Loading components notes, per YAML file, that their APIs are beta or preview: known,
+        # chosen, and noise in every run's log.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        tree = dg.ComponentTree.from_module(defs_module=defs_module, project_root=project_root)
+        return tree.build_defs(), tree.get_all_components(of_type=KafkaPipeline)
 
 
 def check_unique(pipelines: list[KafkaPipeline]) -> None:
