@@ -185,6 +185,10 @@ class FakeKafka(KafkaResource):
             )
         return result
 
+    def start_offsets(self, topics: Iterable[str]) -> Offsets:
+        """Nothing is ever deleted by retention here: every partition starts at 0."""
+        return {t: {p: 0 for p in parts} for t, parts in self.end_offsets(topics).items()}
+
     def describe_topic(self, name: str) -> TopicState | None:
         topic = self._broker.topics.get(name)
         if topic is None:

@@ -118,12 +118,20 @@ class KafkaResource(dg.ConfigurableResource):
 
         Missing topics are reported as an empty map so a sensor can say so instead of failing.
         """
+        return self._list_offsets(topics, earliest=False)
+
+    def start_offsets(self, topics: Iterable[str]) -> Offsets:
+        """Log start offsets: the first offset retention has not deleted, per partition."""
+        return self._list_offsets(topics, earliest=True)
+
+    def _list_offsets(self, topics: Iterable[str], earliest: bool) -> Offsets:
         from confluent_kafka import TopicPartition
         from confluent_kafka.admin import OffsetSpec
 
         admin = self.admin()
         wanted = list(topics)
         md = admin.list_topics(timeout=self.request_timeout_s)
+        spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()
         request = {}
         result: Offsets = {t: {} for t in wanted}
         for topic in wanted:
@@ -131,7 +139,7 @@ class KafkaResource(dg.ConfigurableResource):
             if tmd is None or tmd.error is not None:
                 continue
             for p in tmd.partitions:
-                request[TopicPartition(topic, p)] = OffsetSpec.latest()
+                request[TopicPartition(topic, p)] = spec
         if not request:
             return result
         futures = admin.list_offsets(request, request_timeout=self.request_timeout_s)

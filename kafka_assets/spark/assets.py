@@ -43,7 +43,7 @@ def _ranges(run: StreamRun) -> dict[str, str]:
 def stream_metadata(run: StreamRun, committed: dict[str, int]) -> dict[str, object]:
     return {
         "input_rows": run.input_rows,
-        "batches": len([b for b in run.batches if b["input_rows"]]),
+        "batches": len(run.batches),
         "batch_details": dg.MetadataValue.json(run.batches),
         "start_offsets": dg.MetadataValue.json(run.start_offsets),
         "end_offsets": dg.MetadataValue.json(committed),
@@ -88,6 +88,11 @@ def build_stream_asset(
             streaming.staging_path(spec.name),
             streaming.max_offsets_per_trigger,
         )
+        # A new query's first batch has no start in Spark's progress: it began at the log start.
+        unknown = [p for p in run.end_offsets if p not in run.start_offsets]
+        if unknown:
+            first = kafka.start_offsets([spec.topic])[spec.topic]
+            run.start_offsets.update({p: first.get(int(p), 0) for p in unknown})
         # The position after this run: what it consumed, or where the last run left off.
         committed = {**committed_offsets(context.instance, key), **run.end_offsets}
         context.log.info(

@@ -138,10 +138,16 @@ def run_available_now(
         )
         run.input_rows += rows
         run.dropped_by_watermark += dropped
+        watermark = (p.get("eventTime") or {}).get("watermark")
+        if watermark and not watermark.startswith("1970-01-01T00:00:00"):
+            run.watermark = watermark  # before any event, Spark reports the epoch: no watermark
+        if start == end:
+            continue  # a batch that read nothing (availableNow's last) covers no range
         for part, off in start.items():
             run.start_offsets[part] = min(off, run.start_offsets.get(part, off))
         for part, off in end.items():
             run.end_offsets[part] = max(off, run.end_offsets.get(part, off))
-        run.watermark = (p.get("eventTime") or {}).get("watermark", run.watermark)
     run.batches_staged = len(written)
+    # availableNow ends with a batch that finds nothing new; only batches that read count.
+    run.batches = [b for b in run.batches if b["input_rows"]]
     return run

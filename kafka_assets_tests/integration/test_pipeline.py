@@ -108,6 +108,15 @@ def test_produce_sense_run_twice_then_skip(pipeline_env):
     first = instance.get_latest_materialization_event(dg.AssetKey(["spark", "orders_events"]))
     first_end = first.asset_materialization.metadata["end_offsets"].value
     assert sum(first_end.values()) == sent1["acked"]["orders"]
+    # The first batch of a new query starts at the log start offset, not at "?".
+    first_md = first.asset_materialization.metadata
+    assert first_md["start_offsets"].value == {p: 0 for p in first_end}
+    assert first_md["consumed_ranges"].value == {p: f"0-{o}" for p, o in first_end.items()}
+    assert first_md["batches"].value == len(first_md["batch_details"].value) >= 1
+    revenue = instance.get_latest_materialization_event(
+        dg.AssetKey(["spark", "revenue_per_minute"])
+    )
+    assert revenue.asset_materialization.metadata["watermark"].value.startswith("2026-11-24")
 
     # Round 2: only the new offsets are processed --------------------------------------------
     sent2 = _produce(instance, 1000, seed=12)
@@ -138,6 +147,12 @@ def test_produce_sense_run_twice_then_skip(pipeline_env):
     out = again.asset_materializations_for_node("warehouse__orders")[0].metadata
     assert out["batches_loaded"].value == 0 and out["batches_skipped"].value > 0
     assert _query(env, "SELECT count(*) FROM orders")[0][0] == before
+
+    # A stream run with nothing new says so: no batch, no rows, its position unchanged.
+    idle = _run([dg.AssetKey(["spark", "page_views_events"])], instance, checks=[])
+    idle_md = idle.asset_materializations_for_node("spark__page_views_events")[0].metadata
+    assert idle_md["input_rows"].value == 0 and idle_md["batch_details"].value == []
+    assert idle_md["consumed_ranges"].value == {}
 
     # Round 3: nothing new, the sensor says what it saw and keeps its cursor ------------------
     tick3 = _tick(instance, tick2.cursor)
