@@ -23,7 +23,8 @@ class Message(Protocol):
 
 
 Generator = Callable[..., Iterable[Message]]
-"""`fn(count, *, seed, start_time, malformed_fraction, late_fraction) -> messages`."""
+"""`fn(count, *, seed, start_time, malformed_fraction, late_fraction, already_sent)`: messages.
+`already_sent` is how many messages the topics hold, so ids can continue where they stopped."""
 
 
 class ProduceConfig(dg.Config):
@@ -65,9 +66,8 @@ def produce(
     log=None,
 ) -> dict:
     """Send generated messages; only messages the broker acknowledged count as sent."""
-    seed = config.seed
-    if seed is None:
-        seed = sum(o for parts in kafka.end_offsets(topics).values() for o in parts.values())
+    already_sent = sum(o for parts in kafka.end_offsets(topics).values() for o in parts.values())
+    seed = already_sent if config.seed is None else config.seed
     start = (
         datetime.fromisoformat(config.start_time.replace("Z", "+00:00"))
         if config.start_time
@@ -92,6 +92,7 @@ def produce(
         start_time=start,
         malformed_fraction=config.malformed_fraction,
         late_fraction=config.late_fraction,
+        already_sent=already_sent,
     )
     for message in messages:
         while True:

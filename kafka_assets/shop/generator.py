@@ -78,6 +78,10 @@ class GeneratorConfig:
     """Timezone-aware UTC base of event time for callers to pass on; None: the caller picks one."""
     events_per_second: float = 50.0
     """Pace of event time (not wall clock): the stream clock advances 1/eps s per message."""
+    first_id: int = 0
+    """Order and session numbers continue after this one, so a later run adds new entities
+    instead of reusing the ids of an earlier one (the producer passes the messages already sent,
+    which bounds the entities created so far)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.malformed_fraction <= 1.0:
@@ -117,10 +121,14 @@ def shop_stream(
     start_time: datetime,
     malformed_fraction: float = 0.01,
     late_fraction: float = 0.05,
+    already_sent: int = 0,
 ) -> Iterator[GeneratedMessage]:
     """The producer component's entry point (`generator:` in the producer's defs.yaml)."""
     config = GeneratorConfig(
-        seed=seed, malformed_fraction=malformed_fraction, late_fraction=late_fraction
+        seed=seed,
+        malformed_fraction=malformed_fraction,
+        late_fraction=late_fraction,
+        first_id=already_sent,
     )
     return generate(count, config, start_time)
 
@@ -207,7 +215,7 @@ class _Topic:
         self.ctx = ctx
         self.open: list = []  # heap of (due_ms, seq, entity)
         self.late: list = []  # heap of (release_ms, seq, message)
-        self.created = 0
+        self.created = ctx.config.first_id
 
     def next_message(self, now: int) -> GeneratedMessage:
         ctx = self.ctx

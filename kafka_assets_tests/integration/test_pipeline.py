@@ -60,8 +60,11 @@ def _expected(rounds: list[tuple[int, int]]):
     latest: dict[str, tuple[str, int, str]] = {}
     views = 0
     arrival = 0
+    sent = 0
     for count, seed in rounds:
-        config = GeneratorConfig(seed=seed, malformed_fraction=0.02)
+        # The producer continues ids after the messages the topics already hold.
+        config = GeneratorConfig(seed=seed, malformed_fraction=0.02, first_id=sent)
+        sent += count
         for m in generate(count, config, start):
             arrival += 1
             if m.malformed:
@@ -136,6 +139,7 @@ def test_produce_sense_run_twice_then_skip(pipeline_env):
 
     latest, views = _expected([(3000, 11), (1000, 12)])
     assert dict(_query(env, "SELECT order_id, status FROM orders")) == latest
+    assert len(latest) > len(_expected([(3000, 11)])[0])  # round 2 added orders, new ids
     assert _query(env, "SELECT count(*) FROM page_views")[0][0] == views
     assert _query(env, "SELECT count(*) FROM quarantine")[0][0] == malformed1 + sum(
         sent2["malformed"].values()

@@ -284,3 +284,18 @@ def test_generator_statuses_are_the_ones_the_orders_yaml_allows():
 
     orders = next(p for p in pipelines if p.topic.name == ORDERS_TOPIC)
     assert tuple(orders.format.fields["status"].allowed) == ORDER_STATUSES
+
+
+def test_first_id_continues_the_sequence_instead_of_reusing_ids():
+    first = list(generate(2_000, GeneratorConfig(seed=1, malformed_fraction=0.0), START))
+    later = list(
+        generate(500, GeneratorConfig(seed=2, malformed_fraction=0.0, first_id=2_000), START)
+    )
+
+    def ids(messages, field):
+        return {json.loads(m.value)[field] for m in messages if field in json.loads(m.value)}
+
+    for field in ("order_id", "session_id"):
+        assert ids(first, field) and ids(later, field)
+        assert not ids(first, field) & ids(later, field)
+        assert min(int(i.split("-")[1]) for i in ids(later, field)) > 2_000
