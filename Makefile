@@ -5,13 +5,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MESSAGES ?= 20000
+# Where `make dev` serves the UI; the demo prints the same address.
+export KAFKA_ASSETS_UI_HOST ?= 127.0.0.1
+export KAFKA_ASSETS_UI_PORT ?= 3000
 
 .PHONY: help install jars services-up services-down status demo dev check test test-unit lint clean
 
 help:
 	@echo "make demo           set up everything, run Kafka -> Spark -> PostgreSQL once (MESSAGES=$(MESSAGES))"
 	@echo "make test           set up everything, run unit + integration tests against real services"
-	@echo "make dev            Dagster UI + daemon (sensors on) over the running services: http://127.0.0.1:3000"
+	@echo "make dev            Dagster UI + daemon (sensors on): http://$(KAFKA_ASSETS_UI_HOST):$(KAFKA_ASSETS_UI_PORT)"
 	@echo "make check          dg check defs: every pipeline YAML under kafka_assets/defs/ loads"
 	@echo "make services-up / services-down / status"
 
@@ -40,7 +43,8 @@ demo: install
 	$(PY) -m kafka_assets.demo --messages $(MESSAGES)
 
 dev: services-up
-	set -a && . ./.env && set +a && $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	set -a && . ./.env && set +a && $(VENV)/bin/dagster dev -w workspace.yaml \
+		-h $(KAFKA_ASSETS_UI_HOST) -p $(KAFKA_ASSETS_UI_PORT)
 
 check: install
 	cd $(CURDIR) && $(VENV)/bin/dg check defs --use-active-venv

@@ -104,16 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"produced   {json.dumps(produced['per_topic'])}  "
-        f"malformed sent {json.dumps(produced['malformed_sent'])}"
+        f"malformed sent {json.dumps(produced['malformed_sent'])}\n"
     )
     warehouse = PostgresResource(dsn=env["WAREHOUSE_DSN"], schema_name=env["WAREHOUSE_SCHEMA"])
     tables = [t.name for p in pipelines for t in p.tables]
     quarantines = sorted({p.quarantine.table for p in pipelines})
     print(table_summary(warehouse, tables, quarantines))
+    print()
     print("checks     " + ", ".join(f"{k}={'PASS' if ok else 'FAIL'}" for k, ok in checks.items()))
     print("timings    " + ", ".join(f"{k}={v:.1f}s" for k, v in timings.items()))
-    print(f"\nwarehouse  psql {env['WAREHOUSE_DSN']}  (schema {env['WAREHOUSE_SCHEMA']})")
-    print("UI         make dev  ->  http://127.0.0.1:3000")
+    host = os.environ.get("KAFKA_ASSETS_UI_HOST", "127.0.0.1")
+    port = os.environ.get("KAFKA_ASSETS_UI_PORT", "3000")
+    first = f"{env['WAREHOUSE_SCHEMA']}.{tables[0]}" if tables else "information_schema.tables"
+    print(f"\nnext       make dev, then http://{host}:{port}  (lineage, runs, checks, sensors)")
+    print(f"           psql '{env['WAREHOUSE_DSN']}' -c 'select * from {first} limit 5'")
+    print("           make demo again: only the new offsets are processed; make services-down")
     return 0 if all(checks.values()) else 1
 
 

@@ -231,6 +231,13 @@ class WindowSpec(dg.Model):
     """How late an event may arrive and still count; later ones are counted as dropped."""
 
 
+class FreshnessSpec(dg.Model):
+    """When the UI shows a table as late: minutes since its last materialization."""
+
+    warn_after_minutes: int = 15
+    fail_after_minutes: int = 60
+
+
 class MeasureSpec(dg.Model):
     name: str
     agg: Literal["count", "sum", "min", "max", "avg", "approx_distinct"]
@@ -256,6 +263,8 @@ class TableSpec(dg.Model):
     group_by: list[str] | None = None
     measures: list[MeasureSpec] | None = None
     transform: TransformSpec | None = None
+    freshness: FreshnessSpec | None = FreshnessSpec()
+    """null: no freshness policy (e.g. a table fed only now and then)."""
     stream: AssetOptions = AssetOptions()
     """aggregate: the Spark stream that computes it."""
     asset: AssetOptions = AssetOptions()
@@ -281,6 +290,12 @@ class TableSpec(dg.Model):
                     f"table {self.name!r}: an append table is keyed by Kafka position; "
                     "key/order_by are for mode latest"
                 )
+        if self.freshness and not 0 < self.freshness.warn_after_minutes <= (
+            self.freshness.fail_after_minutes
+        ):
+            raise ValueError(
+                f"table {self.name!r}: freshness needs 0 < warn_after_minutes <= fail_after_minutes"
+            )
         for m in self.measures or ():
             if m.agg != "count" and not m.column:
                 raise ValueError(f"table {self.name!r}: measure {m.name!r} ({m.agg}) needs column")

@@ -1,13 +1,14 @@
 """Warehouse tables as assets: each takes staged stream batches and says which table they fill."""
 
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 import dagster as dg
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from kafka_assets.spark.staging import StagedStream
-from kafka_assets.spec import POSITION_COLUMNS, AssetOptions
+from kafka_assets.spec import POSITION_COLUMNS, AssetOptions, FreshnessSpec
 from kafka_assets.warehouse.io_manager import TableLoad
 from kafka_assets.warehouse.tables import Table
 
@@ -69,6 +70,7 @@ def build_table_asset(
     sources: dict[str, dg.AssetKey],
     mappers: dict[str, RowMapper | None],
     options: AssetOptions,
+    freshness: FreshnessSpec | None = None,
 ) -> dg.AssetsDefinition:
     """A table fed by staged streams: `sources` maps an input name to a stream asset key, and
     `mappers` says how that stream's batches become the table's rows (None: as they are)."""
@@ -80,6 +82,14 @@ def build_table_asset(
         kinds=set(options.kinds or ["postgres"]),
         io_manager_key="warehouse_io_manager",
         automation_condition=FOLLOW_STREAMS,
+        freshness_policy=(
+            dg.FreshnessPolicy.time_window(
+                fail_window=timedelta(minutes=freshness.fail_after_minutes),
+                warn_window=timedelta(minutes=freshness.warn_after_minutes),
+            )
+            if freshness
+            else None
+        ),
         description=table.description,
         metadata={"dagster/column_schema": table.column_schema(), "kafka_assets/table": table.name},
     )

@@ -30,30 +30,41 @@ def table_counts(warehouse: PostgresResource, tables: Sequence[str]) -> dict[str
 def table_summary(
     warehouse: PostgresResource, tables: Sequence[str], quarantines: Sequence[str]
 ) -> str:
-    """Row counts of `tables`, reasons in each quarantine table, and the batch ledger."""
+    """A line per table (rows, batches and rows loaded), then the reasons in each quarantine."""
     counts = table_counts(warehouse, [*tables, *quarantines])
-    lines = [
-        "tables     " + ", ".join(f"{warehouse.schema_name}.{k}={v}" for k, v in counts.items())
-    ]
     with warehouse.connect() as conn:
-        for name in quarantines:
-            if not counts.get(name):
-                continue
-            reasons = conn.execute(
-                sql.SQL(
-                    "SELECT topic, split_part(reason, ':', 1) AS why, count(*) FROM {} "
-                    "GROUP BY 1, 2 ORDER BY 1, 3 DESC"
-                ).format(warehouse.table(name))
-            ).fetchall()
-            lines.append(f"{name:<10} " + "; ".join(f"{t} {why}={n}" for t, why, n in reasons))
         landed = (
-            conn.execute(
-                sql.SQL(
-                    "SELECT target_table, count(*), sum(rows_in) FROM {} GROUP BY 1 ORDER BY 1"
-                ).format(warehouse.table(LEDGER))
-            ).fetchall()
+            {
+                t: (b, r)
+                for t, b, r in conn.execute(
+                    sql.SQL(
+                        "SELECT target_table, count(*), sum(rows_in) FROM {} GROUP BY 1"
+                    ).format(warehouse.table(LEDGER))
+                ).fetchall()
+            }
             if _exists(conn, warehouse, LEDGER)
-            else []
+            else {}
         )
-    lines.append("ledger     " + ", ".join(f"{t}: {b} batches/{r} rows in" for t, b, r in landed))
+        reasons = {}
+        for name in quarantines:
+            if counts.get(name):
+                reasons[name] = conn.execute(
+                    sql.SQL(
+                        "SELECT topic, split_part(reason, ':', 1) AS why, count(*) FROM {} "
+                        "GROUP BY 1, 2 ORDER BY 1, 3 DESC"
+                    ).format(warehouse.table(name))
+                ).fetchall()
+    width = max(len(f"{warehouse.schema_name}.{t}") for t in counts)
+    lines = [f"{'table':<{width}}  {'rows':>9}  {'batches':>7}  {'rows in':>9}"]
+    for name, rows in counts.items():
+        batches, rows_in = landed.get(name, (0, 0))
+        lines.append(
+            f"{warehouse.schema_name + '.' + name:<{width}}  {rows:>9}  {batches:>7}  {rows_in:>9}"
+        )
+    for name, found in reasons.items():
+        by_topic: dict[str, list[str]] = {}
+        for topic, why, n in found:
+            by_topic.setdefault(topic, []).append(f"{why} {n}")
+        for topic, parts in by_topic.items():
+            lines.append(f"{name} of {topic}: " + ", ".join(parts))
     return "\n".join(lines)

@@ -276,3 +276,31 @@ def test_a_quarantine_table_cannot_be_another_pipelines_table(tmp_path) -> None:
     package = defs_package(tmp_path, {"payments": PAYMENTS, "refunds": other})
     with pytest.raises(PipelineConflict, match="quarantine table 'payments' of topic 'refunds'"):
         build_definitions(package)
+
+
+def test_tables_carry_a_freshness_policy_unless_the_yaml_says_null(tmp_path) -> None:
+    text = (
+        PAYMENTS.read_text()
+        .replace(
+            "      columns: [payment_id, status, amount, paid_at]\n",
+            "      columns: [payment_id, status, amount, paid_at]\n      freshness: null\n",
+        )
+        .replace(
+            "      key: [payment_id]\n",
+            "      key: [payment_id]\n"
+            "      freshness: {warn_after_minutes: 5, fail_after_minutes: 30}\n",
+        )
+    )
+    defs, _ = build_definitions(defs_package(tmp_path, {"payments": text}))
+    graph = defs.resolve_asset_graph()
+    latest = graph.get(key("warehouse/payments")).freshness_policy
+    assert (
+        latest.warn_window.to_timedelta().seconds,
+        latest.fail_window.to_timedelta().seconds,
+    ) == (
+        300,
+        1800,
+    )
+    assert graph.get(key("warehouse/payment_events")).freshness_policy is None
+    assert graph.get(key("warehouse/captured_per_minute")).freshness_policy is not None  # default
+    assert graph.get(key("warehouse/quarantine")).freshness_policy is None  # rejects are sporadic

@@ -200,6 +200,7 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
                     {plan.stream.name: plan.stream.key},
                     {plan.stream.name: mapper},
                     plan.spec.asset,
+                    plan.spec.freshness,
                 )
             )
             if plan.spec.mode == "latest":
