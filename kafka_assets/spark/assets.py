@@ -99,6 +99,12 @@ def build_stream_asset(
             f"{spec.name}: {run.input_rows} rows from {spec.topic} in {len(run.batches)} "
             f"batches, ranges {_ranges(run)}"
         )
-        return dg.Output(run, metadata=stream_metadata(run, committed))
+        # What is still unread right after the run: a number the UI plots across runs.
+        ends = kafka.end_offsets([spec.topic])[spec.topic]
+        lag = sum(max(0, end - committed.get(str(p), 0)) for p, end in ends.items())
+        return dg.Output(
+            run,
+            metadata={**stream_metadata(run, committed), "lag_messages": dg.MetadataValue.int(lag)},
+        )
 
     return _stream

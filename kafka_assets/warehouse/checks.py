@@ -141,6 +141,7 @@ def build_topic_lag_check(
             severity=dg.AssetCheckSeverity.WARN,
             metadata={
                 "lag_messages": dg.MetadataValue.json(lag),
+                "max_lag_messages": dg.MetadataValue.int(worst),
                 "seconds_since_processed": dg.MetadataValue.json(ages),
                 "end_offsets": dg.MetadataValue.json(ends),
             },

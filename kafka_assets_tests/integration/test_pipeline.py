@@ -116,6 +116,7 @@ def test_produce_sense_run_twice_then_skip(pipeline_env):
     assert first_md["start_offsets"].value == {p: 0 for p in first_end}
     assert first_md["consumed_ranges"].value == {p: f"0-{o}" for p, o in first_end.items()}
     assert first_md["batches"].value == len(first_md["batch_details"].value) >= 1
+    assert first_md["lag_messages"].value == 0  # everything produced was read
     revenue = instance.get_latest_materialization_event(
         dg.AssetKey(["spark", "revenue_per_minute"])
     )
