@@ -1,0 +1,475 @@
+"""The Dagster UI as a person sees it, in a real browser, over the real services.
+
+One `dagster dev` (webserver + daemon) per module, over an instance in which the shop pipeline
+was materialized in process the way the demo does it. The tests read the rendered pages (Debian's
+Chromium through Playwright); the GraphQL endpoint only cross-checks what the page shows.
+A browser that cannot start fails the tests: they never skip for it.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Page, expect, sync_playwright
+
+from kafka_assets import runner
+from kafka_assets.local.services import write_dagster_yaml, write_env_file
+from kafka_assets.paths import LOCAL_DIR, PROJECT_ROOT
+from kafka_assets_tests.conftest import delete_topics
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+SHOTS = LOCAL_DIR / "ui"
+README_LINEAGE = PROJECT_ROOT / "docs" / "lineage.png"
+LOCATION = "kafka_assets.definitions"
+SENSOR = "kafka_offsets_sensor"
+START = "2026-11-24T10:00:00Z"
+UI_TIMEOUT_MS = 60_000  # a 2-core machine also running Spark: pages can take a while
+
+SHOP_ASSETS = {
+    "kafka/orders",
+    "kafka/page_views",
+    "spark/orders_events",
+    "spark/revenue_per_minute",
+    "spark/page_views_events",
+    "spark/page_view_counts",
+    "warehouse/orders",
+    "warehouse/page_views",
+    "warehouse/quarantine",
+    "warehouse/revenue_per_minute",
+    "warehouse/page_view_counts",
+}
+# topic -> stream -> table
+SHOP_EDGES = {
+    ("kafka/orders", "spark/orders_events"),
+    ("kafka/orders", "spark/revenue_per_minute"),
+    ("kafka/page_views", "spark/page_views_events"),
+    ("kafka/page_views", "spark/page_view_counts"),
+    ("spark/orders_events", "warehouse/orders"),
+    ("spark/orders_events", "warehouse/quarantine"),
+    ("spark/revenue_per_minute", "warehouse/revenue_per_minute"),
+    ("spark/page_views_events", "warehouse/page_views"),
+    ("spark/page_views_events", "warehouse/quarantine"),
+    ("spark/page_view_counts", "warehouse/page_view_counts"),
+}
+
+# The lineage graph as drawn: group boxes, asset boxes (SVG foreignObjects, in SVG coordinates)
+# and edges (SVG paths from a box's side to the next box's side). Edges carry no data attributes,
+# so each end is matched to the box it touches.
+GRAPH_JS = r"""() => {
+  const rect = (f) => ({x: +f.getAttribute('x'), y: +f.getAttribute('y'),
+                        w: +f.getAttribute('width'), h: +f.getAttribute('height')});
+  const fos = [...document.querySelectorAll('svg foreignObject')];
+  const groups = fos.filter(f => f.classList.contains('group')).map(f => ({
+    name: f.querySelector('[data-tooltip]')?.getAttribute('data-tooltip'), ...rect(f)}));
+  const nodes = fos.filter(f => !f.classList.contains('group'))
+    .map(f => ({name: f.querySelector('[class*="assetName"]')?.innerText?.trim(), ...rect(f)}))
+    .filter(n => n.name);
+  const edges = [...document.querySelectorAll('svg path[marker-end]')].map(p => {
+    const nums = (p.getAttribute('d') || '').match(/-?[0-9.]+/g).map(Number);
+    return {from: nums.slice(0, 2), to: nums.slice(-2)};
+  });
+  return {groups, nodes, edges};
+}"""
+
+
+# Every drawn box (groups included) lies inside the visible graph area, so a screenshot shows it.
+FITS_JS = r"""() => {
+  const view = document.querySelector('[data-svg-viewport]').getBoundingClientRect();
+  return [...document.querySelectorAll('svg foreignObject')].every(f => {
+    const r = f.getBoundingClientRect();
+    return r.left >= view.left && r.right <= view.right
+      && r.top >= view.top && r.bottom <= view.bottom;
+  });
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-4000:] if log.exists() else ""
+
+
+def wait_for(what: str, predicate, timeout: float, log: Path, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what}; log:\n{_log_tail(log)}"
+    )
+
+
+class DagsterUI:
+    def __init__(self, url: str, instance: dg.DagsterInstance, log: Path):
+        self.url = url
+        self.instance = instance
+        self.log = log
+
+    def graphql(self, query: str) -> dict:
+        request = urllib.request.Request(
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = json.load(response)
+        assert not body.get("errors"), body
+        return body["data"]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def dagster_ui(services, spark, tmp_path_factory):
+    """`pipeline_env` for the module: the shop pipeline materialized in process, then
+    `dagster dev` (webserver + daemon) over the same instance, from a directory with its `.env`."""
+    tmp = tmp_path_factory.mktemp("ui")
+    delete_topics(services.bootstrap_servers)
+    env = services.as_env({"WAREHOUSE_SCHEMA": f"t_{uuid.uuid4().hex[:10]}"})
+    env["SPARK_CHECKPOINT_BASE"] = str(tmp / "checkpoints")
+    env["SPARK_STAGING_BASE"] = str(tmp / "staging")
+    env["DAGSTER_HOME"] = str(tmp / "dagster_home")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        write_dagster_yaml(Path(env["DAGSTER_HOME"]), postgres=False)
+        instance = dg.DagsterInstance.get()
+        topics = [dg.AssetKey(["kafka", "orders"]), dg.AssetKey(["kafka", "page_views"])]
+        assert runner.materialize(instance, topics).success
+        assert runner.materialize(
+            instance,
+            [dg.AssetKey(["kafka", "shop_events"])],
+            run_config={
+                "ops": {
+                    "kafka__shop_events": {"config": {"count": 400, "seed": 3, "start_time": START}}
+                }
+            },
+        ).success
+        (request,) = runner.tick(instance).run_requests
+        assert runner.run_request(instance, request).success
+
+        workdir = tmp / "dev"
+        workdir.mkdir()
+        write_env_file(env, workdir / ".env")
+        (workdir / "workspace.yaml").write_text(
+            "load_from:\n  - python_module:\n      module_name: kafka_assets.definitions\n"
+            f"      working_directory: {PROJECT_ROOT}\n"
+        )
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = tmp / "dagster_dev.log"
+        started = time.monotonic()
+        with open(log, "wb") as out:
+            dev = subprocess.Popen(
+                [str(Path(sys.executable).parent / "dagster"), "dev"]
+                + ["-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
+                cwd=workdir,
+                env=dict(os.environ),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_for(
+                "the webserver's /server_info", lambda: _answers(f"{url}/server_info"), 180, log
+            )
+            answered = time.monotonic() - started
+            ui = DagsterUI(url, instance, log)
+            wait_for(
+                f"code location {LOCATION} to load",
+                lambda: (
+                    "LOADED"
+                    in json.dumps(
+                        ui.graphql(
+                            "{workspaceOrError {... on Workspace {locationEntries {loadStatus}}}}"
+                        )
+                    )
+                ),
+                180,
+                log,
+                interval=1,
+            )
+            print(
+                f"\ndagster dev: UI answered after {answered:.1f}s, "
+                f"code location loaded after {time.monotonic() - started:.1f}s"
+            )
+            yield ui
+        finally:
+            stop_group(dev)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group (webserver, daemon, code servers, run workers and their
+    Spark JVMs), then SIGKILL: `dagster dev` does not always finish shutting down on SIGTERM."""
+    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            continue
+        # The leader is gone; its group may not be.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        break
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        try:
+            chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        except PlaywrightError as exc:
+            pytest.fail(f"Chromium ({CHROMIUM}) cannot start: {exc}", pytrace=False)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, dagster_ui):
+    context = browser.new_context(viewport={"width": 1600, "height": 1100}, base_url=dagster_ui.url)
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    # A fresh instance greets its first visitor with a newsletter dialog: dismiss it whenever
+    # it would cover what a test reads or clicks.
+    page.add_locator_handler(
+        page.get_by_text("Join the Dagster community"),
+        lambda: page.get_by_role("button", name="Skip").click(),
+    )
+    yield page
+    context.close()
+
+
+def shoot(page: Page, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=path)
+    return path
+
+
+def graphql_assets(ui: DagsterUI) -> tuple[set[str], set[tuple[str, str]], dict[str, str]]:
+    data = ui.graphql("{assetNodes {assetKey {path} groupName dependencyKeys {path}}}")
+    nodes, edges, groups = set(), set(), {}
+    for node in data["assetNodes"]:
+        key = "/".join(node["assetKey"]["path"])
+        nodes.add(key)
+        groups[key] = node["groupName"]
+        edges |= {("/".join(d["path"]), key) for d in node["dependencyKeys"]}
+    return nodes, edges, groups
+
+
+def drawn_graph(graph: dict) -> tuple[set[str], set[tuple[str, str]]]:
+    """Asset keys (`group/name`: the box an asset is drawn in, and its name) and edges. A box
+    outside one group, or an edge end touching no single box, shows as such (mid-layout)."""
+
+    def inside(inner, outer):
+        return (
+            outer["x"] <= inner["x"]
+            and inner["x"] + inner["w"] <= outer["x"] + outer["w"]
+            and outer["y"] <= inner["y"]
+            and inner["y"] + inner["h"] <= outer["y"] + outer["h"]
+        )
+
+    keys = []
+    for node in graph["nodes"]:
+        groups = [g["name"] for g in graph["groups"] if inside(node, g)]
+        keys.append(f"{groups[0] if len(groups) == 1 else groups}/{node['name']}")
+
+    def touching(point):
+        pad = 12
+        x, y = point
+        hits = [
+            key
+            for key, n in zip(keys, graph["nodes"], strict=True)
+            if n["x"] - pad <= x <= n["x"] + n["w"] + pad and n["y"] <= y <= n["y"] + n["h"]
+        ]
+        return hits[0] if len(hits) == 1 else f"{hits} at {point}"
+
+    edges = {(touching(e["from"]), touching(e["to"])) for e in graph["edges"]}
+    return set(keys), edges
+
+
+def test_lineage_shows_every_asset_and_its_edges(page, dagster_ui):
+    expected_nodes, expected_edges, groups = graphql_assets(dagster_ui)
+    assert SHOP_ASSETS <= expected_nodes
+    assert SHOP_EDGES <= expected_edges
+    # The page names an asset by group and name; here groups are the keys' first part.
+    assert all(key.split("/")[0] == group for key, group in groups.items()), groups
+
+    page.goto("/asset-groups")
+    expect(page.get_by_text("Global asset lineage")).to_be_visible()
+    for group in ("kafka", "spark", "warehouse"):
+        expect(page.locator(f'foreignObject [data-tooltip="{group}"]').first).to_be_visible()
+    # Groups start collapsed: expand them all at once (the graph's Alt+E "Expand all groups";
+    # retried in case the greeting dialog took the key press).
+    for _ in range(3):
+        page.keyboard.press("Alt+KeyE")
+        try:
+            expect(page).to_have_url(re.compile(r"expanded="), timeout=5_000)
+            break
+        except AssertionError:
+            continue
+    expect(page).to_have_url(re.compile(r"expanded="))
+    # The graph fits its width, so a tall graph runs off the bottom, and boxes and edges out of
+    # view are not drawn: zoom out until every asset and edge is drawn (edges come after boxes)
+    # and every box is in view (the screenshot is the README's picture of the whole graph).
+    zoom_out = page.locator('[aria-label="zoom_out"]')
+    for attempt in range(30):
+        drawn_nodes, drawn_edges = drawn_graph(page.evaluate(GRAPH_JS))
+        complete = drawn_nodes == expected_nodes and drawn_edges == expected_edges
+        if complete and page.evaluate(FITS_JS):
+            break
+        if attempt < 15:
+            zoom_out.click()
+        page.wait_for_timeout(500)
+    assert SHOP_ASSETS <= drawn_nodes, sorted(SHOP_ASSETS - drawn_nodes)
+    assert drawn_nodes == expected_nodes, drawn_nodes ^ expected_nodes
+    assert SHOP_EDGES <= drawn_edges, sorted(SHOP_EDGES - drawn_edges)
+    assert drawn_edges == expected_edges, drawn_edges ^ expected_edges
+    assert page.evaluate(FITS_JS), "the lineage graph does not fit the page"
+    for name in ("orders_events", "revenue_per_minute", "page_views_events", "quarantine"):
+        expect(page.locator('[class*="assetName"]', has_text=name).first).to_be_visible()
+
+    shoot(page, "lineage")
+    if os.environ.get("KAFKA_ASSETS_UPDATE_SCREENSHOTS") == "1":
+        # The README's picture is refreshed on request only, so a test run leaves git clean.
+        page.screenshot(path=README_LINEAGE)
+        assert README_LINEAGE.stat().st_size < 300_000, README_LINEAGE.stat().st_size
+
+
+def _consumed_ranges(ui: DagsterUI) -> dict[str, str]:
+    event = ui.instance.get_latest_materialization_event(dg.AssetKey(["spark", "orders_events"]))
+    return event.asset_materialization.metadata["consumed_ranges"].value
+
+
+def test_stream_page_shows_consumed_ranges_and_neighbours(page, dagster_ui):
+    ranges = _consumed_ranges(dagster_ui)
+    assert ranges and all(re.fullmatch(r"\d+-\d+", r) for r in ranges.values()), ranges
+
+    page.goto("/assets/spark/orders_events")
+    row = page.locator("tr", has_text="consumed_ranges")
+    expect(row).to_be_visible()
+    for partition, span in ranges.items():
+        expect(row).to_contain_text(f'"{partition}": "{span}"')
+    # The edges again, as the asset page lists them.
+    lineage = page.get_by_text("Upstream assets").locator("xpath=ancestor::*[3]")
+    expect(page.get_by_text("Upstream assets")).to_be_visible()
+    expect(lineage).to_contain_text("kafka / orders")
+    expect(page.get_by_text("Downstream assets")).to_be_visible()
+    expect(lineage).to_contain_text("warehouse / orders")
+    expect(lineage).to_contain_text("warehouse / quarantine")
+    row.scroll_into_view_if_needed()
+    shoot(page, "spark_orders_events")
+
+
+def test_table_page_shows_rows_columns_and_passed_checks(page, dagster_ui):
+    event = dagster_ui.instance.get_latest_materialization_event(
+        dg.AssetKey(["warehouse", "orders"])
+    )
+    rows = event.asset_materialization.metadata["dagster/row_count"].value
+    assert rows > 0
+
+    page.goto("/assets/warehouse/orders")
+    row_count = page.get_by_text("Row count", exact=True).locator("xpath=..")
+    expect(row_count).to_contain_text(str(rows))
+    expect(page.get_by_text("Column name")).to_be_visible()
+    for column, kind in [
+        ("order_id", "text NOT NULL"),
+        ("amount", "numeric(14,2) NOT NULL"),
+        ("source_partition", "integer NOT NULL"),
+        ("source_offset", "bigint NOT NULL"),
+    ]:
+        cell = page.get_by_role("cell", name=column, exact=True).first
+        expect(cell).to_be_visible()
+        expect(cell.locator("xpath=ancestor::tr[1]")).to_contain_text(kind)
+    expect(page.get_by_text("Upstream assets")).to_be_visible()
+    expect(page.get_by_text("spark / orders_events").first).to_be_visible()
+    shoot(page, "warehouse_orders")
+
+    page.goto("/assets/warehouse/orders?view=checks")
+    expect(page.get_by_text("Checks (2)")).to_be_visible()
+    for check in ("orders_unique_keys", "orders_events_reconciled"):
+        entry = page.locator(f'[title="{check}"]').first.locator("xpath=..")
+        expect(entry).to_contain_text("Succeeded")
+        entry.click()
+        expect(page).to_have_url(re.compile(check))
+        result = page.get_by_text("Evaluation result").locator("xpath=..")
+        expect(result).to_contain_text("Passed")
+        shoot(page, f"warehouse_orders_check_{check}")
+
+
+def test_sensor_page_shows_a_tick_that_requested_a_run(page, dagster_ui):
+    instance = dagster_ui.instance
+
+    def sensor_runs():
+        return [r for r in instance.get_runs() if r.tags.get("dagster/sensor_name") == SENSOR]
+
+    before = {r.run_id for r in sensor_runs()}
+    # More messages: the daemon's sensor sees the offsets move and launches a run.
+    produced = runner.materialize(
+        instance,
+        [dg.AssetKey(["kafka", "shop_events"])],
+        run_config={
+            "ops": {
+                "kafka__shop_events": {
+                    "config": {"count": 100, "seed": 4, "start_time": "2026-11-24T10:10:00Z"}
+                }
+            }
+        },
+    )
+    assert produced.success
+    launched = wait_for(
+        "the daemon's offsets sensor to launch a run",
+        lambda: [r for r in sensor_runs() if r.run_id not in before],
+        120,
+        dagster_ui.log,
+        interval=1,
+    )
+    run_id = launched[0].run_id
+
+    page.goto(f"/locations/{LOCATION}/sensors/{SENSOR}")
+    expect(page.get_by_text(SENSOR).first).to_be_visible()
+    expect(page.get_by_text("Running", exact=True).first).to_be_visible()
+    tick = page.locator("tr", has=page.locator(f'a[href*="/runs/{run_id}"]'))
+    expect(tick).to_be_visible()
+    expect(tick).to_contain_text("1 run requested")
+    expect(tick).to_contain_text(run_id[:8])
+    shoot(page, "sensor_kafka_offsets_sensor")
