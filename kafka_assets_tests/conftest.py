@@ -24,7 +24,7 @@ def unavailable(what: str, exc: BaseException):
     pytest.skip(message)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -56,9 +56,9 @@ def services():
     environ = {k: v for k, v in os.environ.items() if k == "WAREHOUSE_DSN"}
     svc = LocalServices(
         state_dir=state,
-        kafka_port=_free_port(),
-        controller_port=_free_port(),
-        pg_port=_free_port(),
+        kafka_port=free_port(),
+        controller_port=free_port(),
+        pg_port=free_port(),
         environ=environ,
     )
     try:

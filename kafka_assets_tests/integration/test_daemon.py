@@ -5,33 +5,19 @@ offsets sensor sees nothing new and launches nothing; a stream materialized by h
 by its tables through the RUNNING automation sensor, with no click.
 """
 
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from kafka_assets import runner
-from kafka_assets.local.services import write_dagster_yaml, write_env_file
+from kafka_assets.local.services import write_dagster_yaml
+from kafka_assets_tests.dagster_process import start_dagster, stop_group, wait_for
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 START = "2026-11-24T10:00:00Z"
-
-
-def wait_for(what: str, predicate, timeout: float, log: Path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    tail = log.read_text()[-4000:] if log.exists() else ""
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; daemon log:\n{tail}")
 
 
 def test_daemon_launches_nothing_old_and_follows_a_stream_run_by_hand(pipeline_env, tmp_path):
@@ -52,26 +38,11 @@ def test_daemon_launches_nothing_old_and_follows_a_stream_run_by_hand(pipeline_e
     assert runner.run_request(instance, request).success
     before = {r.run_id for r in instance.get_runs()}
 
-    # As `make dev` runs it: settings from a .env in the working directory (Dagster reads that
-    # file from the daemon's cwd, and its values win over the environment's), so a checkout's own
-    # .env from `make demo` cannot point this daemon at other services.
-    workdir = tmp_path / "dev"
-    workdir.mkdir()
-    write_env_file(pipeline_env, workdir / ".env")
-    (workdir / "workspace.yaml").write_text(
-        "load_from:\n  - python_module:\n      module_name: kafka_assets.definitions\n"
-        f"      working_directory: {ROOT}\n"
-    )
+    # As `make dev` runs it, from a directory whose .env holds the test settings.
     log = tmp_path / "daemon.log"
-    with open(log, "wb") as out:
-        daemon = subprocess.Popen(
-            [str(Path(os.sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-            cwd=workdir,
-            env=dict(os.environ),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    daemon = start_dagster(
+        ["dagster-daemon", "run", "-w", "workspace.yaml"], pipeline_env, tmp_path / "dev", log
+    )
     try:
         text = lambda: log.read_text(errors="replace")  # noqa: E731
         wait_for(
@@ -99,7 +70,7 @@ def test_daemon_launches_nothing_old_and_follows_a_stream_run_by_hand(pipeline_e
             done = [r for r in new if r.status == dg.DagsterRunStatus.SUCCESS]
             return done or None
 
-        (run,) = wait_for("the tables' run to succeed", followed, 240, log)[:1]
+        (run,) = wait_for("the tables' run to succeed", followed, 240, log, interval=1)[:1]
         assert run.tags.get("dagster/sensor_name") == "warehouse_automation", run.tags
         assert run.asset_selection == {
             dg.AssetKey(["warehouse", "page_views"]),
@@ -108,8 +79,4 @@ def test_daemon_launches_nothing_old_and_follows_a_stream_run_by_hand(pipeline_e
         launched = [r for r in instance.get_runs() if r.run_id not in before]
         assert all(r.tags.get("dagster/sensor_name") != "kafka_offsets_sensor" for r in launched)
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
+        stop_group(daemon)

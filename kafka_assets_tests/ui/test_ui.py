@@ -9,10 +9,6 @@ A browser that cannot start fails the tests: they never skip for it.
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -24,9 +20,10 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect, sync_playwright
 
 from kafka_assets import runner
-from kafka_assets.local.services import write_dagster_yaml, write_env_file
+from kafka_assets.local.services import write_dagster_yaml
 from kafka_assets.paths import LOCAL_DIR, PROJECT_ROOT
-from kafka_assets_tests.conftest import delete_topics
+from kafka_assets_tests.conftest import delete_topics, free_port
+from kafka_assets_tests.dagster_process import start_dagster, stop_group, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -105,28 +102,6 @@ FITS_JS = r"""() => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _log_tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-4000:] if log.exists() else ""
-
-
-def wait_for(what: str, predicate, timeout: float, log: Path, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout:.0f}s waiting for {what}; log:\n{_log_tail(log)}"
-    )
-
-
 class DagsterUI:
     def __init__(self, url: str, instance: dg.DagsterInstance, log: Path):
         self.url = url
@@ -182,27 +157,12 @@ def dagster_ui(services, spark, tmp_path_factory):
         (request,) = runner.tick(instance).run_requests
         assert runner.run_request(instance, request).success
 
-        workdir = tmp / "dev"
-        workdir.mkdir()
-        write_env_file(env, workdir / ".env")
-        (workdir / "workspace.yaml").write_text(
-            "load_from:\n  - python_module:\n      module_name: kafka_assets.definitions\n"
-            f"      working_directory: {PROJECT_ROOT}\n"
-        )
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = tmp / "dagster_dev.log"
         started = time.monotonic()
-        with open(log, "wb") as out:
-            dev = subprocess.Popen(
-                [str(Path(sys.executable).parent / "dagster"), "dev"]
-                + ["-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
-                cwd=workdir,
-                env=dict(os.environ),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        command = ["dagster", "dev", "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"]
+        dev = start_dagster(command, env, tmp / "dev", log)
         try:
             wait_for(
                 "the webserver's /server_info", lambda: _answers(f"{url}/server_info"), 180, log
@@ -230,26 +190,6 @@ def dagster_ui(services, spark, tmp_path_factory):
             yield ui
         finally:
             stop_group(dev)
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the process group (webserver, daemon, code servers, run workers and their
-    Spark JVMs), then SIGKILL: `dagster dev` does not always finish shutting down on SIGTERM."""
-    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 30)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            continue
-        # The leader is gone; its group may not be.
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        break
 
 
 @pytest.fixture(scope="module")
