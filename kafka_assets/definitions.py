@@ -67,15 +67,28 @@ def check_unique(pipelines: list[KafkaPipeline]) -> None:
             )
 
 
-def quarantine_assets(pipelines: list[KafkaPipeline]) -> list[dg.AssetsDefinition]:
-    """One table per quarantine name, fed by the events stream of every pipeline naming it."""
+def quarantine_assets(
+    pipelines: list[KafkaPipeline], project: dg.Definitions
+) -> list[dg.AssetsDefinition]:
+    """One table per quarantine name, fed by the events stream of every pipeline naming it, in
+    its pipelines' group when they share one."""
     by_name: dict[str, list[KafkaPipeline]] = defaultdict(list)
     for p in pipelines:
         by_name[p.quarantine.table].append(p)
-    return [
-        build_quarantine_asset(quarantine_table(name), [p.events.key for p in members])
-        for name, members in sorted(by_name.items())
-    ]
+    group_of = {
+        k: g
+        for a in project.assets or ()
+        if isinstance(a, dg.AssetsDefinition)
+        for k, g in a.group_names_by_key.items()
+    }
+    out = []
+    for name, members in sorted(by_name.items()):
+        groups = {group_of.get(p.events.key, "warehouse") for p in members}
+        group = groups.pop() if len(groups) == 1 else "quarantine"
+        out.append(
+            build_quarantine_asset(quarantine_table(name), [p.events.key for p in members], group)
+        )
+    return out
 
 
 def sensors(pipelines: list[KafkaPipeline], graph) -> list[dg.SensorDefinition]:
@@ -83,9 +96,9 @@ def sensors(pipelines: list[KafkaPipeline], graph) -> list[dg.SensorDefinition]:
     watched = {}
     for p in pipelines:
         streams = [s.key for s in p.streams]
-        targets = dg.AssetSelection.assets(*streams).downstream().resolve(graph)
-        checks = [c for c in graph.asset_check_keys if c.asset_key in targets]
-        checks.append(dg.AssetCheckKey(p.topic_key, "consumer_lag"))
+        # The topic too: its page then shows the end offsets each run started from.
+        targets = dg.AssetSelection.assets(p.topic_key, *streams).downstream().resolve(graph)
+        checks = {c for c in graph.asset_check_keys if c.asset_key in targets}
         watched[p.topic.name] = WatchedTopic(
             key=p.topic_key,
             targets=sorted(targets, key=str),
@@ -144,7 +157,7 @@ def build_definitions(
     assets = dg.Definitions.merge(
         project,
         dg.Definitions(
-            assets=quarantine_assets(pipelines),
+            assets=quarantine_assets(pipelines, project),
             resources=resources(),
             # One Spark driver per run: the multiprocess executor would start a JVM per step.
             executor=dg.in_process_executor,

@@ -12,7 +12,8 @@ from typing import Protocol
 
 import dagster as dg
 
-from kafka_assets.kafka.resources import KafkaResource
+from kafka_assets.kafka.resources import KafkaResource, TopicConfigError
+from kafka_assets.spec import TopicSpec
 
 
 class Message(Protocol):
@@ -132,25 +133,29 @@ def produce(
 def build_producer_asset(
     key: dg.AssetKey,
     generator_path: str,
-    topics: list[str],
-    deps: list[dg.AssetKey],
+    topics: list[TopicSpec],
     group: str,
     description: str,
 ) -> dg.AssetsDefinition:
+    """The producer, upstream of its topics: it creates any that are missing, as declared."""
     generator = load_callable(generator_path, "generator")
+    names = [t.name for t in topics]
 
     @dg.asset(
         key=key,
         group_name=group,
         kinds={"kafka", "python"},
-        deps=deps,
         description=description,
-        metadata={"kafka/generator": generator_path},
+        metadata={"kafka/generator": generator_path, "kafka/topics": ", ".join(names)},
     )
     def _producer(context: dg.AssetExecutionContext, config: ProduceConfig, kafka: KafkaResource):
         try:
-            result = produce(kafka, generator, topics, config, context.log)
-        except DeliveryError as exc:
+            for spec in topics:
+                kafka.ensure_topic(
+                    spec.name, spec.partitions, spec.replication_factor, spec.config()
+                )
+            result = produce(kafka, generator, names, config, context.log)
+        except (DeliveryError, TopicConfigError) as exc:
             raise dg.Failure(description=str(exc)) from exc
         total = sum(result["acked"].values())
         return dg.MaterializeResult(

@@ -1,6 +1,7 @@
 """Kafka topics as assets: created or reconciled through the AdminClient, described in metadata."""
 
 import hashlib
+from collections.abc import Sequence
 
 import dagster as dg
 
@@ -35,12 +36,20 @@ def topic_metadata(state: TopicState) -> dict[str, dg.MetadataValue]:
     }
 
 
-def build_topic_asset(spec: TopicSpec) -> dg.AssetsDefinition:
+def build_topic_asset(
+    spec: TopicSpec, group: str = "kafka", producers: Sequence[dg.AssetKey] = ()
+) -> dg.AssetsDefinition:
+    """The topic, drawn downstream of the producers that write to it.
+
+    Materializing it creates or reconciles the topic and records its current end offsets, so its
+    page always shows the offsets of the latest run; the offsets sensor includes it in each run.
+    """
     key = topic_key(spec)
 
     @dg.asset(
         key=key,
-        group_name=spec.asset.group or "kafka",
+        deps=list(producers),
+        group_name=spec.asset.group or group,
         kinds=set(spec.asset.kinds or ["kafka"]),
         description=spec.asset.description
         or f"Kafka topic `{spec.name}`: created or reconciled through the AdminClient.",

@@ -71,6 +71,7 @@ def build_table_asset(
     mappers: dict[str, RowMapper | None],
     options: AssetOptions,
     freshness: FreshnessSpec | None = None,
+    group: str = "warehouse",
 ) -> dg.AssetsDefinition:
     """A table fed by staged streams: `sources` maps an input name to a stream asset key, and
     `mappers` says how that stream's batches become the table's rows (None: as they are)."""
@@ -78,7 +79,7 @@ def build_table_asset(
     @dg.asset(
         key=key,
         ins={name: dg.AssetIn(key=stream) for name, stream in sources.items()},
-        group_name=options.group or "warehouse",
+        group_name=options.group or group,
         kinds=set(options.kinds or ["postgres"]),
         io_manager_key="warehouse_io_manager",
         automation_condition=FOLLOW_STREAMS,
@@ -103,7 +104,9 @@ def build_table_asset(
     return _table
 
 
-def build_quarantine_asset(table: Table, streams: Sequence[dg.AssetKey]) -> dg.AssetsDefinition:
+def build_quarantine_asset(
+    table: Table, streams: Sequence[dg.AssetKey], group: str = "warehouse"
+) -> dg.AssetsDefinition:
     """One quarantine table for every pipeline that names it: its inputs follow the YAML."""
     sources = {"__".join(k.path): k for k in streams}
     return build_table_asset(
@@ -112,4 +115,5 @@ def build_quarantine_asset(table: Table, streams: Sequence[dg.AssetKey]) -> dg.A
         sources,
         {name: rejected for name in sources},
         AssetOptions(),
+        group=group,
     )

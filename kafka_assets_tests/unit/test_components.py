@@ -78,6 +78,7 @@ def test_checks_and_sensor_targets_follow_the_new_pipeline(with_payments) -> Non
     )
     (request,) = sensor(context).run_requests
     assert set(request.asset_selection) == {
+        key("kafka/payments"),  # re-described, so its page shows the offsets of this run
         key("spark/payments_events"),
         key("spark/captured_per_minute"),
         key("warehouse/payments"),
@@ -105,7 +106,11 @@ def test_metadata_comes_from_the_yaml(with_payments) -> None:
         meta.type == "jsonb" and meta.description == "Free-form details from the payment provider."
     )
     assert graph.get(key("kafka/payments")).kinds == {"kafka"}
-    assert graph.get(key("spark/payments_events")).group_name == "spark"
+    # One group per domain folder under defs/: `payments/defs.yaml` is the payments domain.
+    assert graph.get(key("spark/payments_events")).group_name == "payments"
+    assert graph.get(key("warehouse/orders")).group_name == "shop"
+    # The shared quarantine spans two domains, so it has a group of its own.
+    assert graph.get(key("warehouse/quarantine")).group_name == "quarantine"
     assert graph.get(key("warehouse/captured_per_minute")).automation_condition is not None
 
 

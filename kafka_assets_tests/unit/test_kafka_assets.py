@@ -27,9 +27,8 @@ PRODUCER = yaml.safe_load((DEFS / "producer" / "defs.yaml").read_text())["attrib
 shop_events = build_producer_asset(
     dg.AssetKey.from_user_string(PRODUCER["asset"]["key"]),
     PRODUCER["generator"],
-    PRODUCER["topics"],
-    [a.key for a in topic_assets],
-    "kafka",
+    [SPECS[t] for t in PRODUCER["topics"]],
+    "shop",
     "the shop producer",
 )
 DEFAULT_PARTITIONS = {"orders": 6, "page_views": 3}
@@ -297,7 +296,24 @@ def test_failed_deliveries_fail_the_run() -> None:
     assert result.asset_materializations_for_node(_op(shop_events)) == []
 
 
-def test_producing_to_missing_topics_fails_the_run(kafka: FakeKafka) -> None:
+def test_the_producer_creates_missing_topics_as_their_pipelines_declare_them(
+    kafka: FakeKafka,
+) -> None:
+    """It runs first in the lineage, so it cannot rely on the topic assets having run."""
+    result = dg.materialize(
+        [shop_events], resources={"kafka": kafka}, run_config=_produce_config(count=20)
+    )
+
+    assert result.success
+    for name, spec in SPECS.items():
+        assert kafka.describe_topic(name).partitions == spec.partitions
+    md = _materialization(result, shop_events).metadata
+    assert md["messages_acked"].value == 20
+
+
+def test_a_topic_that_contradicts_its_declaration_fails_the_producer(kafka: FakeKafka) -> None:
+    kafka.create("orders", 6, replication_factor=3)
+
     result = dg.materialize(
         [shop_events],
         resources={"kafka": kafka},
@@ -306,7 +322,8 @@ def test_producing_to_missing_topics_fails_the_run(kafka: FakeKafka) -> None:
     )
 
     assert not result.success
-    assert "0 of 20 messages acknowledged" in _failure_description(result, shop_events)
+    assert "orders" in _failure_description(result, shop_events)
+    assert "replication" in _failure_description(result, shop_events)
 
 
 # -- KafkaResource settings ----------------------------------------------------------------------

@@ -295,6 +295,7 @@ def test_project_sensor_requests_lineage_and_checks_of_the_changed_topic(kafka: 
 
     (request,) = result.run_requests
     assert set(request.asset_selection) == {
+        key("kafka/orders"),
         key("spark/orders_events"),
         key("spark/revenue_per_minute"),
         key("warehouse/orders"),
@@ -305,6 +306,7 @@ def test_project_sensor_requests_lineage_and_checks_of_the_changed_topic(kafka: 
         dg.AssetCheckKey(key("warehouse/orders"), "orders_events_reconciled"),
         dg.AssetCheckKey(key("warehouse/orders"), "orders_unique_keys"),
         dg.AssetCheckKey(key("kafka/orders"), "consumer_lag"),
+        dg.AssetCheckKey(key("kafka/orders"), "partitions_as_declared"),
     }
     assert [e.asset_key for e in result.asset_events] == [key("kafka/orders")]
     assert json.loads(result.cursor) == {"orders": {"0": 0, "1": 5}}
@@ -322,6 +324,7 @@ def test_project_sensor_for_page_views(kafka: FakeKafka) -> None:
 
     (request,) = result.run_requests
     assert set(request.asset_selection) == {
+        key("kafka/page_views"),
         key("spark/page_view_counts"),
         key("spark/page_views_events"),
         key("warehouse/page_view_counts"),
@@ -331,6 +334,7 @@ def test_project_sensor_for_page_views(kafka: FakeKafka) -> None:
     assert set(request.asset_check_keys) == {
         dg.AssetCheckKey(key("warehouse/page_views"), "page_views_events_reconciled"),
         dg.AssetCheckKey(key("kafka/page_views"), "consumer_lag"),
+        dg.AssetCheckKey(key("kafka/page_views"), "partitions_as_declared"),
     }
     assert json.loads(result.cursor) == {"orders": {"0": 0, "1": 0}, "page_views": {"0": 1}}
 

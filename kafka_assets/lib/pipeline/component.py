@@ -15,6 +15,8 @@ from pyspark.sql import functions as F
 
 from kafka_assets.kafka.producer import load_callable
 from kafka_assets.kafka.topics import build_topic_asset, topic_key
+from kafka_assets.lib.domain import domain_group
+from kafka_assets.lib.producer.component import Producer
 from kafka_assets.spark.assets import build_stream_asset
 from kafka_assets.spark.parsing import aggregate, parse_messages
 from kafka_assets.spark.streams import StreamSpec
@@ -172,14 +174,21 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
         return StreamPlan(spec.name, _stream_key(spec.name, spec.stream), stream_spec, spec.stream)
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        assets: list[dg.AssetsDefinition] = [build_topic_asset(self.topic)]
+        group = domain_group(context)
+        # Producers declared anywhere in the project that write to this topic: drawn upstream.
+        producers = [
+            p.key
+            for p in context.component_tree.get_all_components(of_type=Producer)
+            if self.topic.name in p.topics
+        ]
+        assets: list[dg.AssetsDefinition] = [build_topic_asset(self.topic, group, producers)]
         for stream in self.streams:
             assets.append(
                 build_stream_asset(
                     stream.spec,
                     stream.key,
                     self.topic_key,
-                    stream.options.group or "spark",
+                    stream.options.group or group,
                     stream.options.kinds or ["spark", "parquet"],
                 )
             )
@@ -201,6 +210,7 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
                     {plan.stream.name: mapper},
                     plan.spec.asset,
                     plan.spec.freshness,
+                    group,
                 )
             )
             if plan.spec.mode == "latest":
