@@ -7,7 +7,13 @@ from dagster_pyspark import LazyPySparkResource
 
 from kafka_assets.kafka.resources import KafkaResource
 from kafka_assets.spark.resources import StreamingSettings
-from kafka_assets.spark.streams import StreamRun, StreamSpec, run_available_now
+from kafka_assets.spark.streams import (
+    StreamRun,
+    StreamSpec,
+    checkpoint_lock,
+    checkpoint_position,
+    run_available_now,
+)
 
 STREAM_METADATA = "kafka_assets/stream"
 """Definition metadata naming a stream asset's stream: its checkpoint and staging directory."""
@@ -80,21 +86,26 @@ def build_stream_asset(
         kafka: KafkaResource,
         streaming: StreamingSettings,
     ) -> dg.Output[StreamRun]:
-        run = run_available_now(
-            pyspark.spark_session,
-            spec,
-            kafka.spark_options(),
-            streaming.checkpoint_path(spec.name),
-            streaming.staging_path(spec.name),
-            streaming.max_offsets_per_trigger,
-        )
+        checkpoint = streaming.checkpoint_path(spec.name)
+        timeout = streaming.lock_timeout_s
+        with checkpoint_lock(checkpoint, spec.name, timeout, context.log) as waited:
+            run = run_available_now(
+                pyspark.spark_session,
+                spec,
+                kafka.spark_options(),
+                checkpoint,
+                streaming.staging_path(spec.name),
+                streaming.max_offsets_per_trigger,
+            )
+            # Read while still holding the checkpoint: no other run can move it meanwhile.
+            position = checkpoint_position(checkpoint, spec.topic)
         # A new query's first batch has no start in Spark's progress: it began at the log start.
         unknown = [p for p in run.end_offsets if p not in run.start_offsets]
         if unknown:
             first = kafka.start_offsets([spec.topic])[spec.topic]
             run.start_offsets.update({p: first.get(int(p), 0) for p in unknown})
         # The position after this run: what it consumed, or where the last run left off.
-        committed = {**committed_offsets(context.instance, key), **run.end_offsets}
+        committed = position or {**committed_offsets(context.instance, key), **run.end_offsets}
         context.log.info(
             f"{spec.name}: {run.input_rows} rows from {spec.topic} in {len(run.batches)} "
             f"batches, ranges {_ranges(run)}"
@@ -104,7 +115,11 @@ def build_stream_asset(
         lag = sum(max(0, end - committed.get(str(p), 0)) for p, end in ends.items())
         return dg.Output(
             run,
-            metadata={**stream_metadata(run, committed), "lag_messages": dg.MetadataValue.int(lag)},
+            metadata={
+                **stream_metadata(run, committed),
+                "lag_messages": dg.MetadataValue.int(lag),
+                "waited_for_other_run_s": round(waited, 3),
+            },
         )
 
     return _stream

@@ -31,6 +31,9 @@ def spark_config(master: str = "local[2]", jars_dir: Path = SPARK_JARS_DIR) -> d
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Timestamps as INT64 micros, not INT96: Parquet then keeps min/max statistics for them,
+        # which the warehouse reads to report how old the newest loaded message was.
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     }
 
 
@@ -46,6 +49,8 @@ class StreamingSettings(dg.ConfigurableResource):
     staging_base: str
     max_offsets_per_trigger: int = 250_000
     """Bounds each micro-batch, and so the memory of a run, however large the backlog."""
+    lock_timeout_s: int = 1800
+    """How long a run waits for another run of the same stream to release its checkpoint."""
 
     def checkpoint_path(self, stream: str) -> str:
         return join_uri(self.checkpoint_base, stream)

@@ -10,14 +10,18 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import dagster as dg
+import pyarrow.parquet as pq
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 
 from kafka_assets.spark.assets import STREAM_METADATA
 from kafka_assets.spark.resources import StreamingSettings
-from kafka_assets.spark.streams import StreamRun
+from kafka_assets.spark.streams import StreamRun, local_path
+
+MESSAGE_TIME = "kafka_timestamp"
 
 _BATCH_DIR = re.compile(r"query=([0-9a-f-]+)/batch=(\d+)$")
 
@@ -46,6 +50,30 @@ class StagedStream:
     def read(self, batch: StagedBatch) -> DataFrame:
         df = self.spark.read.parquet(batch.path)
         return self.transform(df) if self.transform else df
+
+
+def newest_message_time(batch: StagedBatch) -> datetime | None:
+    """The newest Kafka timestamp in a staged batch, from its Parquet footers: no data is read.
+
+    None for a remote batch or one without message timestamps (an aggregate's rows).
+    """
+    path = local_path(batch.path)
+    if path is None:
+        return None
+    newest = None
+    for file in path.glob("*.parquet"):
+        meta = pq.ParquetFile(file).metadata
+        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+        if MESSAGE_TIME not in names:
+            return None
+        column = names.index(MESSAGE_TIME)
+        for group in range(meta.num_row_groups):
+            stats = meta.row_group(group).column(column).statistics
+            if stats is not None and stats.has_min_max:
+                value = stats.max
+                value = value if value.tzinfo else value.replace(tzinfo=UTC)
+                newest = value if newest is None else max(newest, value)
+    return newest
 
 
 def list_batches(spark: SparkSession, staging_path: str) -> list[StagedBatch]:

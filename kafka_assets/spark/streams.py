@@ -6,11 +6,15 @@ because the Kafka offsets live in the checkpoint and the batch directory is idem
 warehouse loads staged batches later and records them, so a batch is never loaded twice.
 """
 
+import fcntl
 import json
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -52,6 +56,85 @@ class StreamRun:
 
 class StreamError(RuntimeError):
     """A streaming query failed; the message names the stream and topic."""
+
+
+def local_path(uri: str) -> Path | None:
+    """The local file behind a checkpoint or staging location, or None for a remote URI."""
+    if uri.startswith("file:"):
+        return Path("/" + uri[len("file:") :].lstrip("/"))
+    return None if "://" in uri else Path(uri)
+
+
+@contextmanager
+def checkpoint_lock(
+    checkpoint_path: str, stream: str, timeout_s: float, log=None
+) -> Iterator[float]:
+    """One query per checkpoint at a time, across processes; yields the seconds waited.
+
+    Two runs of one stream (the demo beside the daemon's sensor run, or two launches) would both
+    write batch N to Spark's offset log, and one would die with "Concurrent update to the log".
+    The second run waits here for the first, then finds only what is still new. A remote
+    checkpoint (s3a://, hdfs://) cannot be locked from here and is left to a single scheduler.
+    """
+    path = local_path(checkpoint_path)
+    if path is None:
+        yield 0.0
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_file = path.parent / f".{path.name}.lock"
+    began = time.monotonic()
+    with open(lock_file, "a+") as handle:
+        warned = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                waited = time.monotonic() - began
+                if waited > timeout_s:
+                    raise StreamError(
+                        f"Stream '{stream}': its checkpoint {checkpoint_path} has been held by "
+                        f"{holder} for over {timeout_s:.0f}s; is a run of the same stream stuck?"
+                    ) from None
+                if not warned and log is not None:
+                    log.info(f"{stream}: waiting for {holder}, which is running the same stream")
+                    warned = True
+                time.sleep(0.5)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield time.monotonic() - began
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def checkpoint_position(checkpoint_path: str, topic: str) -> dict[str, int] | None:
+    """Where the checkpoint's last committed batch ended: {partition: offset}.
+
+    The checkpoint is the truth about a stream's position; the Dagster instance only learns it
+    after the run. None when the checkpoint is remote or has no committed batch yet.
+    """
+    root = local_path(checkpoint_path)
+    if root is None or not (root / "commits").is_dir():
+        return None
+    committed = sorted(int(f.name) for f in (root / "commits").iterdir() if f.name.isdigit())
+    if not committed:
+        return None
+    offsets_file = root / "offsets" / str(committed[-1])
+    if not offsets_file.exists():
+        return None
+    # Line 1 is the log version, line 2 the batch metadata, then one line per source.
+    for line in offsets_file.read_text().splitlines()[2:]:
+        found = _topic_offsets(line, topic) if line.strip().startswith("{") else {}
+        if found:
+            return found
+    return None
 
 
 def _topic_offsets(raw: str | dict | None, topic: str) -> dict[str, int]:
