@@ -11,6 +11,10 @@ from kafka_assets.spark.assets import committed_offsets, committed_offsets_many
 from kafka_assets.warehouse.resources import PostgresResource
 from kafka_assets.warehouse.tables import LEDGER, Table
 
+# A table's checks run whenever the table is loaded, also in runs the automation sensor launches
+# for the table alone: otherwise the latest load would show its checks as "not evaluated".
+FOLLOW_TABLE = dg.AutomationCondition.eager()
+
 
 def reconcile(
     ledger: Iterable[tuple[str, int, int, int]], end_offsets: Mapping[str, int]
@@ -51,6 +55,7 @@ def build_reconciliation_check(
         asset=tables[0][0],
         name=f"{stream}_reconciled",
         additional_deps=[k for k, _ in tables[1:]],
+        automation_condition=FOLLOW_TABLE,
         description=(
             f"Rows landed in {' + '.join(names)} equal the messages {stream} consumed from Kafka, "
             "partition by partition."
@@ -83,6 +88,7 @@ def build_unique_keys_check(key: dg.AssetKey, table: Table) -> dg.AssetChecksDef
     @dg.asset_check(
         asset=key,
         name=f"{table.name}_unique_keys",
+        automation_condition=FOLLOW_TABLE,
         description=f"One row per {', '.join(table.primary_key)}.",
     )
     def _check(warehouse: PostgresResource) -> dg.AssetCheckResult:

@@ -9,6 +9,7 @@ import pytest
 
 from kafka_assets import runner
 from kafka_assets.shop.generator import GeneratorConfig, generate
+from kafka_assets.spark.streams import checkpoint_position
 
 pytestmark = pytest.mark.integration
 
@@ -117,6 +118,16 @@ def test_produce_sense_run_twice_then_skip(pipeline_env):
     assert first_md["consumed_ranges"].value == {p: f"0-{o}" for p, o in first_end.items()}
     assert first_md["batches"].value == len(first_md["batch_details"].value) >= 1
     assert first_md["lag_messages"].value == 0  # everything produced was read
+    # The position recorded is the checkpoint's own: its last committed batch's offsets.
+    assert checkpoint_position(first_md["checkpoint"].value, "orders") == first_end
+    # The topic ran in the same request: its page shows the offsets this run started from.
+    topic = instance.get_latest_materialization_event(dg.AssetKey(["kafka", "orders"]))
+    topic_md = topic.asset_materialization.metadata
+    assert topic_md["messages_total"].value == sent1["acked"]["orders"]
+    # How old the newest message was when the table committed it: a number the UI plots.
+    table = instance.get_latest_materialization_event(dg.AssetKey(["warehouse", "orders"]))
+    age = table.asset_materialization.metadata["newest_message_to_load_s"].value
+    assert 0 < age < 600, age
     revenue = instance.get_latest_materialization_event(
         dg.AssetKey(["spark", "revenue_per_minute"])
     )
