@@ -13,5 +13,8 @@ LOCAL_DIR = PROJECT_ROOT / ".local"
 JARS_DIR = LOCAL_DIR / "jars"
 KAFKA_JARS_DIR = JARS_DIR / "kafka"
 SPARK_JARS_DIR = JARS_DIR / "spark"
+CONNECT_JARS_DIR = JARS_DIR / "connect"
+# A Kafka Connect plugin.path: one sub-directory per plugin, each with its own class loader.
+CONNECT_PLUGINS_DIR = JARS_DIR / "connect-plugins"
 POM = PROJECT_ROOT / "jvm" / "pom.xml"
 ENV_FILE = PROJECT_ROOT / ".env"

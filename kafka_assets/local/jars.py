@@ -5,9 +5,23 @@ import os
 from pathlib import Path
 
 from kafka_assets.local.procs import ServiceError, require_tool, run
-from kafka_assets.paths import JARS_DIR, POM
+from kafka_assets.paths import (
+    CONNECT_JARS_DIR,
+    CONNECT_PLUGINS_DIR,
+    JARS_DIR,
+    KAFKA_JARS_DIR,
+    POM,
+    SPARK_JARS_DIR,
+)
 
-PROFILES = ("broker", "spark")
+# jvm/pom.xml profile -> the folder its <jars.out> names; the two must agree.
+OUT_DIRS = {
+    "broker": KAFKA_JARS_DIR,
+    "spark": SPARK_JARS_DIR,
+    "connect": CONNECT_JARS_DIR,
+    "debezium": CONNECT_PLUGINS_DIR / "debezium-connector-postgres",
+}
+PROFILES = tuple(OUT_DIRS)
 
 
 def _stamp() -> str:
@@ -30,7 +44,7 @@ def ensure_jars(profiles=PROFILES, *, quiet: bool = True) -> None:
         if resolved(profile):
             continue
         mvn = mvn or require_tool("mvn", "install Maven (Debian: apt-get install maven)")
-        out_dir = JARS_DIR / ("kafka" if profile == "broker" else profile)
+        out_dir = OUT_DIRS[profile]
         if out_dir.exists():
             for old in out_dir.glob("*.jar"):
                 old.unlink()
