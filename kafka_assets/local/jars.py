@@ -22,6 +22,8 @@ OUT_DIRS = {
     "debezium": CONNECT_PLUGINS_DIR / "debezium-connector-postgres",
 }
 PROFILES = tuple(OUT_DIRS)
+# Only the local Kafka Connect worker needs these (not when CONNECT_URL names another worker).
+CONNECT_PROFILES = ("connect", "debezium")
 
 
 def _stamp() -> str:
