@@ -35,8 +35,9 @@ def _stamp_file(profile: str) -> Path:
 
 
 def resolved(profile: str) -> bool:
+    """The pom is unchanged since the last resolution and its jars are still there."""
     stamp = _stamp_file(profile)
-    return stamp.exists() and stamp.read_text() == _stamp()
+    return stamp.exists() and stamp.read_text() == _stamp() and any(OUT_DIRS[profile].glob("*.jar"))
 
 
 def ensure_jars(profiles=PROFILES, *, quiet: bool = True) -> None:
