@@ -1,7 +1,8 @@
 """Session fixtures: real services for integration tests, one Spark session for everything.
 
-Integration tests run against a real Kafka broker, a real PostgreSQL and real Spark, started here
-on free loopback ports under `.local/test`. When one cannot start, the tests skip locally but
+Integration tests run against a real Kafka broker, real PostgreSQL (the warehouse and the legacy
+CDC source), a real Kafka Connect worker and real Spark, started here on free loopback ports under
+`.local/test`. When one cannot start, the tests skip locally but
 *fail* when KAFKA_ASSETS_REQUIRE_SERVICES=1 (set by `make test`, so by CI) or CI=true.
 """
 
