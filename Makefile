@@ -49,7 +49,8 @@ dev: services-up
 check: install
 	cd $(CURDIR) && $(VENV)/bin/dg check defs --use-active-venv
 
-# KAFKA_ASSETS_REQUIRE_SERVICES=1: a Kafka, Spark or PostgreSQL that cannot start fails the run.
+# KAFKA_ASSETS_REQUIRE_SERVICES=1: a Kafka, Kafka Connect, Spark or PostgreSQL that cannot start
+# fails the run.
 test: install
 	KAFKA_ASSETS_REQUIRE_SERVICES=1 $(PY) -m pytest
 

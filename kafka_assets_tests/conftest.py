@@ -1,7 +1,8 @@
 """Session fixtures: real services for integration tests, one Spark session for everything.
 
-Integration tests run against a real Kafka broker, a real PostgreSQL and real Spark, started here
-on free loopback ports under `.local/test`. When one cannot start, the tests skip locally but
+Integration tests run against a real Kafka broker, real PostgreSQL (the warehouse and the legacy
+CDC source), a real Kafka Connect worker and real Spark, started here on free loopback ports under
+`.local/test`. When one cannot start, the tests skip locally but
 *fail* when KAFKA_ASSETS_REQUIRE_SERVICES=1 (set by `make test`, so by CI) or CI=true.
 """
 
@@ -47,18 +48,24 @@ def spark():
 
 @pytest.fixture(scope="session")
 def services():
-    """Kafka + PostgreSQL for this test session (WAREHOUSE_DSN, if set, is used instead of PG)."""
+    """Kafka, PostgreSQL, the legacy source PostgreSQL and Kafka Connect for this test session.
+
+    WAREHOUSE_DSN and SOURCE_DSN, if set, are used instead of starting those clusters.
+    """
     from kafka_assets.local.services import LocalServices
 
     state = LOCAL_DIR / "test"
     shutil.rmtree(state / "kafka", ignore_errors=True)
+    shutil.rmtree(state / "connect", ignore_errors=True)
     shutil.rmtree(state / "spark", ignore_errors=True)
-    environ = {k: v for k, v in os.environ.items() if k == "WAREHOUSE_DSN"}
+    environ = {k: v for k, v in os.environ.items() if k in {"WAREHOUSE_DSN", "SOURCE_DSN"}}
     svc = LocalServices(
         state_dir=state,
         kafka_port=free_port(),
         controller_port=free_port(),
         pg_port=free_port(),
+        connect_port=free_port(),
+        source_pg_port=free_port(),
         environ=environ,
     )
     try:
@@ -67,7 +74,7 @@ def services():
         try:
             svc.down()
         finally:
-            unavailable("Kafka/PostgreSQL", exc)
+            unavailable("Kafka/PostgreSQL/Kafka Connect", exc)
     print(f"\nservices: {endpoints.timings}")
     yield endpoints
     svc.down()
@@ -78,13 +85,20 @@ def delete_topics(bootstrap_servers: str, timeout: float = 30.0) -> None:
 
     The pipelines' topic names are declared (orders, page_views, ...), so tests that run them
     share names on the session's broker; each starts from no topics, like a fresh cluster.
+    The Kafka Connect worker's own topics stay: it cannot run without them.
     """
     import time
 
     from confluent_kafka.admin import AdminClient
 
+    from kafka_assets.local.connect_worker import INTERNAL_TOPIC_PREFIX
+
     admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 4})
-    names = [t for t in admin.list_topics(timeout=10).topics if not t.startswith("__")]
+    names = [
+        t
+        for t in admin.list_topics(timeout=10).topics
+        if not t.startswith(("__", INTERNAL_TOPIC_PREFIX))
+    ]
     if not names:
         return
     for future in admin.delete_topics(names, operation_timeout=timeout).values():

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:<18} {seconds:6.1f}")
             print(f"Kafka      {endpoints.bootstrap_servers}")
             print(f"PostgreSQL {endpoints.warehouse_dsn}")
+            print(f"Source PG  {endpoints.source_dsn} (CDC role {endpoints.source_cdc_user})")
+            print(f"Connect    {endpoints.connect_url}")
             print(f"Settings   {path} (dagster dev loads it)")
         elif args.command == "down":
             stopped = services.down()

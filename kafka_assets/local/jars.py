@@ -5,9 +5,25 @@ import os
 from pathlib import Path
 
 from kafka_assets.local.procs import ServiceError, require_tool, run
-from kafka_assets.paths import JARS_DIR, POM
+from kafka_assets.paths import (
+    CONNECT_JARS_DIR,
+    CONNECT_PLUGINS_DIR,
+    JARS_DIR,
+    KAFKA_JARS_DIR,
+    POM,
+    SPARK_JARS_DIR,
+)
 
-PROFILES = ("broker", "spark")
+# jvm/pom.xml profile -> the folder its <jars.out> names; the two must agree.
+OUT_DIRS = {
+    "broker": KAFKA_JARS_DIR,
+    "spark": SPARK_JARS_DIR,
+    "connect": CONNECT_JARS_DIR,
+    "debezium": CONNECT_PLUGINS_DIR / "debezium-connector-postgres",
+}
+PROFILES = tuple(OUT_DIRS)
+# Only the local Kafka Connect worker needs these (not when CONNECT_URL names another worker).
+CONNECT_PROFILES = ("connect", "debezium")
 
 
 def _stamp() -> str:
@@ -19,8 +35,9 @@ def _stamp_file(profile: str) -> Path:
 
 
 def resolved(profile: str) -> bool:
+    """The pom is unchanged since the last resolution and its jars are still there."""
     stamp = _stamp_file(profile)
-    return stamp.exists() and stamp.read_text() == _stamp()
+    return stamp.exists() and stamp.read_text() == _stamp() and any(OUT_DIRS[profile].glob("*.jar"))
 
 
 def ensure_jars(profiles=PROFILES, *, quiet: bool = True) -> None:
@@ -30,7 +47,7 @@ def ensure_jars(profiles=PROFILES, *, quiet: bool = True) -> None:
         if resolved(profile):
             continue
         mvn = mvn or require_tool("mvn", "install Maven (Debian: apt-get install maven)")
-        out_dir = JARS_DIR / ("kafka" if profile == "broker" else profile)
+        out_dir = OUT_DIRS[profile]
         if out_dir.exists():
             for old in out_dir.glob("*.jar"):
                 old.unlink()

@@ -11,6 +11,7 @@ import pwd
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,10 +60,18 @@ def install_binaries() -> Path:
 
 @dataclass
 class LocalPostgres:
+    """One cluster; `settings` and `init` let a second cluster differ (e.g. logical decoding).
+
+    `init` runs after the databases exist on every start, so it must be idempotent.
+    """
+
     home: Path
     port: int = 15432
     databases: tuple[str, ...] = ("warehouse", "dagster")
     bindir: Path | None = None
+    settings: Mapping[str, str] = field(default_factory=dict)
+    init: Callable[["LocalPostgres"], None] | None = None
+    port_hint: str = "set KAFKA_ASSETS_PG_PORT to a free port, or WAREHOUSE_DSN to use that server"
     _as_root: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -105,8 +114,23 @@ class LocalPostgres:
     def log_file(self) -> Path:
         return self.home / "postgres.log"
 
-    def dsn(self, database: str = "warehouse") -> str:
-        return f"postgresql://{SERVICE_USER}@{HOST}:{self.port}/{database}"
+    def dsn(self, database: str | None = None) -> str:
+        """The superuser's DSN; the first of `databases` unless another is named."""
+        return f"postgresql://{SERVICE_USER}@{HOST}:{self.port}/{database or self.databases[0]}"
+
+    def server_options(self) -> str:
+        """`pg_ctl -o`: loopback only, this cluster's port and socket, then `settings`."""
+        settings = {
+            "listen_addresses": HOST,
+            "shared_buffers": "256MB",
+            "max_wal_size": "2GB",
+            "max_connections": "100",
+            **self.settings,
+        }
+        return " ".join(
+            [f"-p {self.port}", f"-k {self.socket_dir}"]
+            + [f"-c {name}={value}" for name, value in settings.items()]
+        )
 
     def _cmd(self, *args: str) -> list[str]:
         return ["runuser", "-u", SERVICE_USER, "--", *args] if self._as_root else list(args)
@@ -142,8 +166,7 @@ class LocalPostgres:
             return 0.0
         if port_open(HOST, self.port):
             raise ServiceError(
-                f"Port {self.port} on {HOST} is taken by another process: set "
-                "KAFKA_ASSETS_PG_PORT to a free port, or WAREHOUSE_DSN to use that server"
+                f"Port {self.port} on {HOST} is taken by another process: {self.port_hint}"
             )
         self.home.mkdir(parents=True, exist_ok=True)
         self._prepare_dirs()
@@ -163,16 +186,6 @@ class LocalPostgres:
                 ),
                 what="initdb",
             )
-        options = " ".join(
-            [
-                f"-p {self.port}",
-                f"-k {self.socket_dir}",
-                f"-c listen_addresses={HOST}",
-                "-c shared_buffers=256MB",
-                "-c max_wal_size=2GB",
-                "-c max_connections=100",
-            ]
-        )
         run(
             self._cmd(
                 self._bin("pg_ctl"),
@@ -184,7 +197,7 @@ class LocalPostgres:
                 "-t",
                 str(timeout),
                 "-o",
-                options,
+                self.server_options(),
                 "start",
             ),
             what=f"Starting PostgreSQL (log: {self.log_file})",
@@ -204,6 +217,8 @@ class LocalPostgres:
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         finally:
             conn.close()
+        if self.init is not None:
+            self.init(self)
 
     def stop(self) -> bool:
         if not self.running():

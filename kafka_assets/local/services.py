@@ -1,16 +1,20 @@
 """Bring the local stack up and down, and describe it as the environment the code reads.
 
 `up()` honours servers the environment already names: a WAREHOUSE_DSN is used as it is and no
-PostgreSQL is started; KAFKA_BOOTSTRAP_SERVERS likewise for Kafka.
+PostgreSQL is started; KAFKA_BOOTSTRAP_SERVERS likewise for Kafka, SOURCE_DSN for the legacy
+source PostgreSQL that CDC reads, and CONNECT_URL for the Kafka Connect worker.
 """
 
+import functools
 import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kafka_assets.local.jars import ensure_jars
+from kafka_assets.local import legacy_source
+from kafka_assets.local.connect_worker import ConnectWorker
+from kafka_assets.local.jars import CONNECT_PROFILES, PROFILES, ensure_jars
 from kafka_assets.local.kafka_broker import KafkaBroker
 from kafka_assets.local.postgres import LocalPostgres
 from kafka_assets.paths import ENV_FILE, LOCAL_DIR
@@ -23,6 +27,10 @@ class Endpoints:
     dagster_pg_url: str
     state_dir: Path
     timings: dict[str, float] = field(default_factory=dict)
+    connect_url: str = ""
+    source_dsn: str = ""
+    source_cdc_user: str = legacy_source.CDC_USER
+    source_cdc_password: str = field(default="", repr=False)
 
     def as_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """The settings `.env.example` documents, filled in for these services."""
@@ -40,6 +48,10 @@ class Endpoints:
             "SPARK_STAGING_BASE": str(self.state_dir / "spark" / "staging"),
             "DAGSTER_HOME": str(self.state_dir / "dagster_home"),
             "DAGSTER_PG_URL": self.dagster_pg_url,
+            "CONNECT_URL": self.connect_url,
+            "SOURCE_DSN": self.source_dsn,
+            "SOURCE_CDC_USER": self.source_cdc_user,
+            "SOURCE_CDC_PASSWORD": self.source_cdc_password,
         }
 
 
@@ -49,7 +61,9 @@ class LocalServices:
     kafka_port: int = 19092
     controller_port: int = 19093
     pg_port: int = 15432
-    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    connect_port: int = 18083
+    source_pg_port: int = 15433
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "LocalServices":
@@ -58,6 +72,8 @@ class LocalServices:
             kafka_port=int(env.get("KAFKA_ASSETS_KAFKA_PORT", 19092)),
             controller_port=int(env.get("KAFKA_ASSETS_CONTROLLER_PORT", 19093)),
             pg_port=int(env.get("KAFKA_ASSETS_PG_PORT", 15432)),
+            connect_port=int(env.get("KAFKA_ASSETS_CONNECT_PORT", 18083)),
+            source_pg_port=int(env.get("KAFKA_ASSETS_SOURCE_PG_PORT", 15433)),
             environ=env,
         )
 
@@ -69,10 +85,39 @@ class LocalServices:
     def postgres(self) -> LocalPostgres:
         return LocalPostgres(self.state_dir / "postgres", self.pg_port)
 
+    @property
+    def source_cdc_password(self) -> str:
+        """The replication role's password: SOURCE_CDC_PASSWORD, else the throwaway default."""
+        return self.environ.get("SOURCE_CDC_PASSWORD") or "cdc-local-only"
+
+    @property
+    def source_postgres(self) -> LocalPostgres:
+        """A second cluster with logical decoding on; the warehouse's settings stay as they are."""
+        return LocalPostgres(
+            self.state_dir / "source-postgres",
+            self.source_pg_port,
+            databases=(legacy_source.DATABASE,),
+            settings=legacy_source.SERVER_SETTINGS,
+            init=functools.partial(legacy_source.prepare, password=self.source_cdc_password),
+            port_hint=(
+                "set KAFKA_ASSETS_SOURCE_PG_PORT to a free port, or SOURCE_DSN to use that server"
+            ),
+        )
+
+    def connect_worker(self, bootstrap_servers: str | None = None) -> ConnectWorker:
+        return ConnectWorker(
+            self.state_dir / "connect",
+            bootstrap_servers
+            or self.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+            or self.broker.bootstrap_servers,
+            self.connect_port,
+        )
+
     def up(self) -> Endpoints:
         timings: dict[str, float] = {}
+        connect_url = self.environ.get("CONNECT_URL", "")
         t = time.monotonic()
-        ensure_jars()
+        ensure_jars(tuple(p for p in PROFILES if not (connect_url and p in CONNECT_PROFILES)))
         timings["jars_s"] = time.monotonic() - t
 
         bootstrap = self.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -80,26 +125,65 @@ class LocalServices:
             timings["kafka_start_s"] = self.broker.start()
             bootstrap = self.broker.bootstrap_servers
 
+        # The worker needs only Kafka: it boots while the PostgreSQL clusters start.
+        worker = None
+        if not connect_url:
+            worker = self.connect_worker(bootstrap)
+            connect_launched = time.monotonic()
+            worker.launch()
+            connect_url = worker.url
+
         dsn = self.environ.get("WAREHOUSE_DSN")
         dagster_url = self.environ.get("DAGSTER_PG_URL", "")
         if not dsn:
             pg = self.postgres
             timings["postgres_start_s"] = pg.start()
             dsn = pg.dsn("warehouse")
-        endpoints = Endpoints(bootstrap, dsn, dagster_url, self.state_dir, timings)
+
+        source_dsn = self.environ.get("SOURCE_DSN")
+        if not source_dsn:
+            source = self.source_postgres
+            timings["source_pg_start_s"] = source.start()
+            source_dsn = source.dsn(legacy_source.DATABASE)
+
+        if worker is not None:
+            worker.wait_ready()
+            timings["connect_start_s"] = time.monotonic() - connect_launched
+
+        endpoints = Endpoints(
+            bootstrap,
+            dsn,
+            dagster_url,
+            self.state_dir,
+            timings,
+            connect_url=connect_url,
+            source_dsn=source_dsn,
+            source_cdc_user=self.environ.get("SOURCE_CDC_USER") or legacy_source.CDC_USER,
+            source_cdc_password=self.source_cdc_password,
+        )
         write_dagster_yaml(Path(endpoints.as_env()["DAGSTER_HOME"]), postgres=bool(dagster_url))
         return endpoints
 
     def down(self) -> list[str]:
+        """The worker first: it stops cleanly only while its Kafka is still there."""
         stopped = []
+        if self.connect_worker().stop():
+            stopped.append("connect")
         if self.broker.stop():
             stopped.append("kafka")
         if self.postgres.stop():
             stopped.append("postgres")
+        if self.source_postgres.stop():
+            stopped.append("source-postgres")
         return stopped
 
     def status(self) -> dict[str, str]:
-        return {"kafka": self.broker.status(), "postgres": self.postgres.status()}
+        return {
+            "kafka": self.broker.status(),
+            "postgres": self.postgres.status(),
+            "source-pg": self.source_postgres.status(),
+            "connect": self.connect_worker().status(),
+        }
 
 
 def write_dagster_yaml(dagster_home: Path, *, postgres: bool) -> Path:

@@ -29,15 +29,25 @@ WORKSPACE_YAML = ROOT / "docker" / "workspace.yaml"
 POM = ROOT / "jvm" / "pom.xml"
 PYPROJECT = ROOT / "pyproject.toml"
 
-SERVICES = ("kafka", "postgres", "user-code", "dagster-webserver", "dagster-daemon")
+SERVICES = (
+    "kafka",
+    "postgres",
+    "source-db",
+    "connect",
+    "user-code",
+    "dagster-webserver",
+    "dagster-daemon",
+)
 DAGSTER_SERVICES = ("user-code", "dagster-webserver", "dagster-daemon")
-INFRA_SERVICES = ("kafka", "postgres")
+INFRA_SERVICES = ("kafka", "postgres", "source-db", "connect")
 # .env.example entries that are not read by the code in the user-code container:
 # the ports of the services `python -m kafka_assets.local up` starts, and DAGSTER_HOME, which the
 # image sets to its own absolute path.
 LOCAL_SERVICE_PREFIX = "KAFKA_ASSETS_"
 NOT_PASSED_TO_USER_CODE = {"DAGSTER_HOME"}
 PG_CONTAINER_PORT = "5432"
+CONNECT_CONTAINER_PORT = "8083"
+JSON_CONVERTER = "org.apache.kafka.connect.json.JsonConverter"
 INITDB_DIR = "/docker-entrypoint-initdb.d"
 
 
@@ -216,7 +226,7 @@ def test_kafka_runs_kraft_combined_mode(services: dict[str, dict[str, Any]]) -> 
     assert "CLUSTER_ID" in env
 
 
-@pytest.mark.parametrize("name", ["kafka", "postgres", "user-code"])
+@pytest.mark.parametrize("name", ["kafka", "postgres", "source-db", "connect", "user-code"])
 def test_healthchecks(services: dict[str, dict[str, Any]], name: str) -> None:
     assert has_healthcheck(services[name]), f"{name} has no healthcheck"
 
@@ -339,6 +349,112 @@ def test_dagster_database_is_created_by_init_script(services: dict[str, dict[str
     assert dagster_db == "dagster"
     assert dagster_db != pg_env["POSTGRES_DB"], "Dagster storage and warehouse share a database"
     assert re.search(rf"CREATE\s+DATABASE\s+\"?{dagster_db}\"?", sql, re.IGNORECASE)
+
+
+# ---------------------------------------------------------------------------------------------
+# change data capture: the legacy source database and the Kafka Connect worker
+
+
+def init_scripts(service: dict[str, Any]) -> list[tuple[str, Path]]:
+    """(file name in the init dir, source file) of a postgres service, in the order run."""
+    scripts = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            source, target = volume.get("source", ""), volume["target"]
+        else:
+            source, target = volume.split(":")[:2]
+        if target.startswith(INITDB_DIR + "/"):
+            scripts.append((target.rsplit("/", 1)[1], ROOT / source))
+    return sorted(scripts)
+
+
+def test_source_db_runs_logical_decoding_like_the_local_cluster(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    from kafka_assets.local.legacy_source import SERVER_SETTINGS
+
+    argv = command_of(services["source-db"])
+    assert argv[0] == "postgres"
+    settings = dict(
+        argv[i + 1].split("=", 1) for i, arg in enumerate(argv[:-1]) if arg in {"-c", "--set"}
+    )
+    assert settings.get("wal_level") == "logical"
+    assert int(settings["max_wal_senders"]) >= 4
+    assert int(settings["max_replication_slots"]) >= 4
+    for name in ("wal_level", "max_wal_senders", "max_replication_slots"):
+        assert settings[name] == SERVER_SETTINGS[name], f"{name}: compose and local differ"
+
+
+def test_source_db_init_makes_role_then_schema_and_publication(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    from kafka_assets.local.legacy_source import CDC_USER, PUBLICATION, TABLES
+    from kafka_assets.paths import SOURCE_INIT_SQL
+
+    source_db = services["source-db"]
+    scripts = init_scripts(source_db)
+    assert [path.suffix for _, path in scripts] == [".sh", ".sql"], "role first, then schema"
+    role_script, schema_sql = (path for _, path in scripts)
+    assert schema_sql == SOURCE_INIT_SQL, "compose and the local cluster run different schemas"
+    role = role_script.read_text()
+    assert re.search(rf"CREATE\s+ROLE\s+{CDC_USER}\s+WITH\s+LOGIN\s+REPLICATION", role)
+    assert "SOURCE_CDC_PASSWORD" in role and "PASSWORD :'" in role, "password from the env"
+    sql = schema_sql.read_text()
+    assert re.search(rf"CREATE\s+PUBLICATION\s+{PUBLICATION}\s+FOR\s+TABLE", sql)
+    for table in TABLES:
+        assert re.search(rf"ALTER\s+TABLE\s+shop\.{table}\s+REPLICA\s+IDENTITY\s+FULL", sql)
+        assert f"shop.{table}" in sql.split("CREATE PUBLICATION", 1)[1]
+    assert re.search(rf"GRANT\s+SELECT\s+ON\s+[^;]*\s+TO\s+{CDC_USER};", sql)
+    # The container's password variable is the one user-code hands to the connector.
+    password = environment_of(source_db)["SOURCE_CDC_PASSWORD"]
+    assert password == environment_of(services["user-code"])["SOURCE_CDC_PASSWORD"]
+
+
+def test_user_code_reaches_the_source_db_and_connect(
+    services: dict[str, dict[str, Any]], env_example: dict[str, str]
+) -> None:
+    from kafka_assets.local.legacy_source import CDC_USER
+
+    env = environment_of(services["user-code"])
+    source_env = environment_of(services["source-db"])
+    dsn = urlsplit(env["SOURCE_DSN"])
+    assert dsn.hostname == "source-db" and str(dsn.port or PG_CONTAINER_PORT) == PG_CONTAINER_PORT
+    assert dsn.path.lstrip("/") == source_env["POSTGRES_DB"] == "legacy"
+    assert dsn.username == source_env["POSTGRES_USER"]
+    assert dsn.password == source_env["POSTGRES_PASSWORD"]
+    assert env["SOURCE_CDC_USER"] == env_example["SOURCE_CDC_USER"] == CDC_USER
+    url = urlsplit(env["CONNECT_URL"])
+    assert url.hostname == "connect" and str(url.port) == CONNECT_CONTAINER_PORT
+
+
+def test_connect_worker_matches_the_local_worker(services: dict[str, dict[str, Any]]) -> None:
+    from kafka_assets.local.connect_worker import INTERNAL_TOPIC_PREFIX
+
+    connect = services["connect"]
+    env = environment_of(connect)
+    assert "kafka" in (connect.get("depends_on") or {}), "connect starts before Kafka is healthy"
+    assert (
+        env["BOOTSTRAP_SERVERS"] == environment_of(services["user-code"])["KAFKA_BOOTSTRAP_SERVERS"]
+    )
+    for kind in ("KEY", "VALUE"):
+        assert env[f"{kind}_CONVERTER"] == JSON_CONVERTER
+        assert env[f"CONNECT_{kind}_CONVERTER_SCHEMAS_ENABLE"] == "true"
+    for kind in ("CONFIG", "OFFSET", "STATUS"):
+        assert env[f"{kind}_STORAGE_TOPIC"].startswith(INTERNAL_TOPIC_PREFIX)
+        assert env[f"CONNECT_{kind}_STORAGE_REPLICATION_FACTOR"] == "1"
+
+
+def test_cdc_host_ports_match_env_example(
+    services: dict[str, dict[str, Any]], env_example: dict[str, str]
+) -> None:
+    source_port = env_example[f"{LOCAL_SERVICE_PREFIX}SOURCE_PG_PORT"]
+    assert (source_port, PG_CONTAINER_PORT) in published_ports(services["source-db"])
+    assert str(urlsplit(env_example["SOURCE_DSN"]).port) == source_port
+    connect_port = env_example[f"{LOCAL_SERVICE_PREFIX}CONNECT_PORT"]
+    assert (connect_port, CONNECT_CONTAINER_PORT) in published_ports(services["connect"])
+    assert str(urlsplit(env_example["CONNECT_URL"]).port) == connect_port
+    ports = [v for k, v in env_example.items() if k.startswith(LOCAL_SERVICE_PREFIX)]
+    assert len(ports) == len(set(ports)), f"two local services share a port: {ports}"
 
 
 # ---------------------------------------------------------------------------------------------

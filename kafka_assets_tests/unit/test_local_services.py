@@ -1,0 +1,156 @@
+"""The local services' pure parts: worker settings, cluster options, jar folders, settings."""
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from kafka_assets.local import legacy_source
+from kafka_assets.local.connect_worker import INTERNAL_TOPIC_PREFIX, JSON_CONVERTER, ConnectWorker
+from kafka_assets.local.jars import CONNECT_PROFILES, OUT_DIRS, PROFILES
+from kafka_assets.local.postgres import LocalPostgres
+from kafka_assets.local.services import Endpoints, LocalServices
+from kafka_assets.paths import JARS_DIR, POM, PROJECT_ROOT
+
+MVN = "{http://maven.apache.org/POM/4.0.0}"
+
+
+def test_worker_properties_are_loopback_prefixed_and_schemaful(tmp_path: Path) -> None:
+    worker = ConnectWorker(tmp_path, "127.0.0.1:9", port=18999)
+    props = worker.worker_properties()
+    assert props["listeners"] == "http://127.0.0.1:18999" == worker.url
+    assert props["rest.advertised.host.name"] == "127.0.0.1"
+    assert props["rest.advertised.port"] == "18999"
+    assert props["bootstrap.servers"] == "127.0.0.1:9"
+    for kind in ("config", "offset", "status"):
+        assert props[f"{kind}.storage.topic"].startswith(INTERNAL_TOPIC_PREFIX)
+        assert props[f"{kind}.storage.replication.factor"] == "1"
+    assert not INTERNAL_TOPIC_PREFIX.startswith("__"), "Kafka's own internal topics use __"
+    for side in ("key", "value"):
+        assert props[f"{side}.converter"] == JSON_CONVERTER
+        assert props[f"{side}.converter.schemas.enable"] == "true"
+    assert props["plugin.path"] == str(OUT_DIRS["debezium"].parent)
+
+
+def test_worker_writes_its_properties_file(tmp_path: Path) -> None:
+    worker = ConnectWorker(tmp_path / "connect", "127.0.0.1:9")
+    worker._write_config()
+    lines = worker.config_file.read_text().splitlines()
+    assert dict(line.split("=", 1) for line in lines) == worker.worker_properties()
+    assert str(worker.log_file) in (worker.home / "log4j2.properties").read_text()
+
+
+def test_every_profile_writes_where_jars_py_looks() -> None:
+    root = ET.parse(POM).getroot()
+    jars_dir = root.find(f"{MVN}properties/{MVN}jars.dir").text
+    assert jars_dir == "${project.basedir}/../.local/jars"
+    declared = {}
+    for profile in root.iter(f"{MVN}profile"):
+        out = profile.find(f"{MVN}properties/{MVN}jars.out").text
+        declared[profile.find(f"{MVN}id").text] = JARS_DIR / out.removeprefix("${jars.dir}/")
+    assert declared == OUT_DIRS
+    assert set(CONNECT_PROFILES) <= set(PROFILES)
+
+
+def test_debezium_plugin_dir_leaves_out_what_the_worker_has() -> None:
+    root = ET.parse(POM).getroot()
+    (debezium,) = [p for p in root.iter(f"{MVN}profile") if p.find(f"{MVN}id").text == "debezium"]
+    excluded = set(debezium.find(f"{MVN}properties/{MVN}jars.exclude").text.split(","))
+    assert {"connect-api", "kafka-clients", "slf4j-api"} <= excluded
+    (connect,) = [p for p in root.iter(f"{MVN}profile") if p.find(f"{MVN}id").text == "connect"]
+    artifacts = {d.find(f"{MVN}artifactId").text for d in connect.iter(f"{MVN}dependency")}
+    # Without slf4j-api 2.x pinned, log4j's slf4j2 binding is silent and the worker logs nothing.
+    assert {"connect-runtime", "slf4j-api", "log4j-slf4j2-impl"} <= artifacts
+
+
+def test_server_options_add_settings_after_the_defaults(tmp_path: Path) -> None:
+    pg = LocalPostgres(tmp_path / "pg", 15999, settings={"wal_level": "logical"})
+    options = pg.server_options()
+    assert options.startswith("-p 15999 -k ")
+    assert "-c listen_addresses=127.0.0.1" in options
+    assert options.endswith("-c wal_level=logical")
+    small = LocalPostgres(tmp_path / "pg", settings={"shared_buffers": "64MB"}).server_options()
+    assert small.count("shared_buffers") == 1 and "shared_buffers=64MB" in small
+
+
+def test_source_cluster_has_logical_decoding_and_its_own_port(tmp_path: Path) -> None:
+    services = LocalServices(state_dir=tmp_path, source_pg_port=15998, environ={})
+    source = services.source_postgres
+    assert source.settings["wal_level"] == "logical"
+    assert int(source.settings["max_wal_senders"]) >= 4
+    assert int(source.settings["max_replication_slots"]) >= 4
+    assert source.databases == (legacy_source.DATABASE,)
+    assert source.dsn().endswith(":15998/legacy")
+    assert services.postgres.settings == {}, "the warehouse cluster keeps its settings"
+    assert "KAFKA_ASSETS_SOURCE_PG_PORT" in source.port_hint
+
+
+def _env_example() -> dict[str, str]:
+    lines = (PROJECT_ROOT / ".env.example").read_text().splitlines()
+    pairs = (line.split("=", 1) for line in lines if re.match(r"[A-Z_]+=", line))
+    return dict(pairs)
+
+
+def test_ports_and_password_come_from_the_environment() -> None:
+    example = _env_example()
+    defaults = LocalServices.from_env({})
+    assert defaults.connect_port == int(example["KAFKA_ASSETS_CONNECT_PORT"])
+    assert defaults.source_pg_port == int(example["KAFKA_ASSETS_SOURCE_PG_PORT"])
+    assert defaults.source_cdc_password == example["SOURCE_CDC_PASSWORD"]
+    custom = LocalServices.from_env(
+        {
+            "KAFKA_ASSETS_CONNECT_PORT": "28083",
+            "KAFKA_ASSETS_SOURCE_PG_PORT": "25433",
+            "SOURCE_CDC_PASSWORD": "s3cret",
+        }
+    )
+    assert (custom.connect_port, custom.source_pg_port) == (28083, 25433)
+    assert custom.source_cdc_password == "s3cret"
+    assert "s3cret" not in repr(custom)
+
+
+def test_as_env_names_every_setting_in_env_example(tmp_path: Path) -> None:
+    endpoints = Endpoints(
+        "127.0.0.1:1",
+        "postgresql://postgres@127.0.0.1:2/warehouse",
+        "",
+        tmp_path,
+        connect_url="http://127.0.0.1:3",
+        source_dsn="postgresql://postgres@127.0.0.1:4/legacy",
+        source_cdc_password="s3cret",
+    )
+    env = endpoints.as_env()
+    settings = {k for k in _env_example() if not k.startswith("KAFKA_ASSETS_")}
+    assert set(env) == settings
+    assert env["CONNECT_URL"] == "http://127.0.0.1:3"
+    assert env["SOURCE_DSN"].endswith(":4/legacy")
+    assert (env["SOURCE_CDC_USER"], env["SOURCE_CDC_PASSWORD"]) == ("cdc", "s3cret")
+    assert "s3cret" not in repr(endpoints)
+
+
+def test_debezium_config_reads_the_source_dsn() -> None:
+    config = legacy_source.debezium_postgres_config(
+        "postgresql://admin:pw@db.example:6543/legacy",
+        user="cdc",
+        password="x",
+        topic_prefix="legacy",
+        slot_name="kafka_assets",
+    )
+    assert config["connector.class"] == legacy_source.POSTGRES_CONNECTOR
+    assert (config["database.hostname"], config["database.port"]) == ("db.example", "6543")
+    assert config["database.dbname"] == "legacy"
+    assert (config["database.user"], config["database.password"]) == ("cdc", "x")
+    assert config["plugin.name"] == "pgoutput"
+    assert config["publication.name"] == legacy_source.PUBLICATION
+    assert config["publication.autocreate.mode"] == "disabled"
+    assert config["table.include.list"] == "shop.customers,shop.products,shop.orders"
+    assert config["topic.creation.default.replication.factor"] == "1"
+    default_port = legacy_source.debezium_postgres_config(
+        "postgresql://h/legacy", user="u", password="p", topic_prefix="t", slot_name="s"
+    )
+    assert default_port["database.port"] == "5432"
+    with pytest.raises(ValueError):
+        legacy_source.debezium_postgres_config(
+            "postgresql://h", user="u", password="p", topic_prefix="t", slot_name="s"
+        )
