@@ -27,6 +27,8 @@ class FakeTopic:
     config: dict[str, str]
     partitions: list[list[tuple[bytes | None, bytes]]] = field(default_factory=list)
     """Per partition, the (key, value) records in offset order."""
+    log_start: dict[int, int] = field(default_factory=dict)
+    """Per partition, the first offset not deleted (by retention or DeleteRecords)."""
 
 
 @dataclass(frozen=True)
@@ -186,8 +188,18 @@ class FakeKafka(KafkaResource):
         return result
 
     def start_offsets(self, topics: Iterable[str]) -> Offsets:
-        """Nothing is ever deleted by retention here: every partition starts at 0."""
-        return {t: {p: 0 for p in parts} for t, parts in self.end_offsets(topics).items()}
+        """0, unless `delete_records` moved a partition's log start, as retention would."""
+        return {
+            t: {p: self._broker.topics[t].log_start.get(p, 0) for p in parts}
+            for t, parts in self.end_offsets(topics).items()
+        }
+
+    def delete_records(self, topic: str, before: dict[int, int]) -> None:
+        """The broker's DeleteRecords: records below `before[partition]` are gone."""
+        self._broker.topics[topic].log_start.update(before)
+
+    def timestamps_at(self, topic: str, offsets) -> dict[int, int]:
+        return {}  # the fake's records carry no timestamps
 
     def describe_topic(self, name: str) -> TopicState | None:
         topic = self._broker.topics.get(name)

@@ -32,6 +32,10 @@ class TopicConfigError(ValueError):
     """The requested topic configuration cannot be applied to the existing topic."""
 
 
+class KafkaUnavailable(RuntimeError):
+    """The cluster did not answer; the message names the bootstrap servers and the error."""
+
+
 _SASL_MODULES = {
     "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
     "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
@@ -124,14 +128,65 @@ class KafkaResource(dg.ConfigurableResource):
         """Log start offsets: the first offset retention has not deleted, per partition."""
         return self._list_offsets(topics, earliest=True)
 
-    def _list_offsets(self, topics: Iterable[str], earliest: bool) -> Offsets:
-        from confluent_kafka import TopicPartition
+    def offsets_for_time(self, topic: str, when_ms: int) -> dict[int, int]:
+        """Per partition, the first offset whose timestamp is at or after `when_ms` (Kafka's
+        offsetsForTimes); a partition with no such message gives its end offset."""
         from confluent_kafka.admin import OffsetSpec
 
-        admin = self.admin()
+        found = self._list_offsets([topic], spec=OffsetSpec.for_timestamp(when_ms))[topic]
+        ends = self.end_offsets([topic])[topic]
+        return {p: (o if o >= 0 else ends[p]) for p, o in found.items()}
+
+    def timestamps_at(self, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        """The Kafka timestamp (ms) of the message at each {partition: offset}; partitions whose
+        offset holds no message yet are left out. Reads one message per partition."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        if not offsets:
+            return {}
+        consumer = Consumer(
+            {
+                **self.client_config(),
+                "group.id": f"{self.client_id}-timestamps",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "log_level": 4,
+            }
+        )
+        found: dict[int, int] = {}
+        try:
+            consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
+            pending = set(offsets)
+            deadline = self.request_timeout_s
+            while pending and deadline > 0:
+                msg = consumer.poll(0.5)
+                deadline -= 0.5
+                if msg is None:
+                    continue
+                if msg.partition() in pending:
+                    pending.discard(msg.partition())
+                    if msg.error() is None:
+                        found[msg.partition()] = msg.timestamp()[1]
+                    consumer.pause([TopicPartition(topic, msg.partition())])
+        finally:
+            consumer.close()
+        return found
+
+    def _list_offsets(self, topics: Iterable[str], earliest: bool = False, spec=None) -> Offsets:
+        from confluent_kafka import KafkaException, TopicPartition
+        from confluent_kafka.admin import OffsetSpec
+
         wanted = list(topics)
-        md = admin.list_topics(timeout=self.request_timeout_s)
-        spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()
+        try:
+            admin = self.admin()
+            md = admin.list_topics(timeout=self.request_timeout_s)
+        except KafkaException as exc:
+            raise KafkaUnavailable(
+                f"Kafka at {self.bootstrap_servers} did not answer within "
+                f"{self.request_timeout_s:.0f}s: {exc.args[0] if exc.args else exc}"
+            ) from exc
+        if spec is None:
+            spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()
         request = {}
         result: Offsets = {t: {} for t in wanted}
         for topic in wanted:
@@ -143,8 +198,13 @@ class KafkaResource(dg.ConfigurableResource):
         if not request:
             return result
         futures = admin.list_offsets(request, request_timeout=self.request_timeout_s)
-        for tp, fut in futures.items():
-            result[tp.topic][tp.partition] = fut.result().offset
+        try:
+            for tp, fut in futures.items():
+                result[tp.topic][tp.partition] = fut.result().offset
+        except KafkaException as exc:
+            raise KafkaUnavailable(
+                f"Kafka at {self.bootstrap_servers}: listing offsets failed: {exc}"
+            ) from exc
         return result
 
     def describe_topic(self, name: str) -> TopicState | None:

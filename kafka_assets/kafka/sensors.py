@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from kafka_assets.kafka.resources import KafkaResource, Offsets
+from kafka_assets.kafka.resources import KafkaResource, KafkaUnavailable, Offsets
 from kafka_assets.spark.assets import committed_offsets_many
 
 
@@ -94,7 +94,11 @@ def build_offsets_sensor(
     )
     def _sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
         requested = parse_cursor(context.cursor)
-        ends = kafka.end_offsets(names)
+        try:
+            ends = kafka.end_offsets(names)
+        except KafkaUnavailable as exc:
+            # The cursor stays where it is: nothing is lost, and the next tick tries again.
+            return dg.SkipReason(f"Kafka cluster unreachable, no offsets read: {exc}")
         seen = covered(requested, processed_offsets(context.instance, topics))
         fresh = new_messages(seen, ends)
         changed = [t for t in names if fresh.get(t, 0) > 0]

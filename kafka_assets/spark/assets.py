@@ -5,7 +5,8 @@ from collections.abc import Iterable
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 
-from kafka_assets.kafka.resources import KafkaResource
+from kafka_assets.kafka.resources import KafkaResource, KafkaUnavailable
+from kafka_assets.spark.replay import DataLost, StreamRunConfig, plan_start
 from kafka_assets.spark.resources import StreamingSettings
 from kafka_assets.spark.streams import (
     StreamRun,
@@ -13,6 +14,7 @@ from kafka_assets.spark.streams import (
     checkpoint_lock,
     checkpoint_position,
     run_available_now,
+    set_aside,
 )
 
 STREAM_METADATA = "kafka_assets/stream"
@@ -82,28 +84,44 @@ def build_stream_asset(
     )
     def _stream(
         context: dg.AssetExecutionContext,
+        config: StreamRunConfig,
         pyspark: LazyPySparkResource,
         kafka: KafkaResource,
         streaming: StreamingSettings,
     ) -> dg.Output[StreamRun]:
         checkpoint = streaming.checkpoint_path(spec.name)
         timeout = streaming.lock_timeout_s
-        with checkpoint_lock(checkpoint, spec.name, timeout, context.log) as waited:
-            run = run_available_now(
-                pyspark.spark_session,
-                spec,
-                kafka.spark_options(),
-                checkpoint,
-                streaming.staging_path(spec.name),
-                streaming.max_offsets_per_trigger,
-            )
-            # Read while still holding the checkpoint: no other run can move it meanwhile.
-            position = checkpoint_position(checkpoint, spec.topic)
-        # A new query's first batch has no start in Spark's progress: it began at the log start.
-        unknown = [p for p in run.end_offsets if p not in run.start_offsets]
-        if unknown:
-            first = kafka.start_offsets([spec.topic])[spec.topic]
-            run.start_offsets.update({p: first.get(int(p), 0) for p in unknown})
+        try:
+            with checkpoint_lock(checkpoint, spec.name, timeout, context.log) as waited:
+                plan = plan_start(
+                    config,
+                    stream=spec.name,
+                    topic=spec.topic,
+                    output_mode=spec.output_mode,
+                    position=checkpoint_position(checkpoint, spec.topic),
+                    kafka=kafka,
+                )
+                set_aside_to = set_aside(checkpoint, "replaced") if plan.new_query else None
+                if plan.lost:
+                    context.log.warning(f"{spec.name}: continuing past lost offsets {plan.lost}")
+                run = run_available_now(
+                    pyspark.spark_session,
+                    spec,
+                    kafka.spark_options(),
+                    checkpoint,
+                    streaming.staging_path(spec.name),
+                    streaming.max_offsets_per_trigger,
+                    starting_offsets=plan.starting_offsets,
+                    fail_on_data_loss=plan.fail_on_data_loss,
+                )
+                # Read while still holding the checkpoint: no other run can move it meanwhile.
+                position = checkpoint_position(checkpoint, spec.topic)
+                ends = kafka.end_offsets([spec.topic])[spec.topic]
+        except (DataLost, KafkaUnavailable) as exc:
+            raise dg.Failure(description=str(exc)) from exc
+        # A new query's first batch has no start in Spark's progress: it began where planned.
+        for p in run.end_offsets:
+            run.start_offsets.setdefault(p, plan.start_offsets.get(p, 0))
         # The position after this run: what it consumed, or where the last run left off.
         committed = position or {**committed_offsets(context.instance, key), **run.end_offsets}
         context.log.info(
@@ -111,14 +129,23 @@ def build_stream_asset(
             f"batches, ranges {_ranges(run)}"
         )
         # What is still unread right after the run: a number the UI plots across runs.
-        ends = kafka.end_offsets([spec.topic])[spec.topic]
         lag = sum(max(0, end - committed.get(str(p), 0)) for p, end in ends.items())
+        extra: dict[str, object] = {}
+        if plan.replay is not None:
+            extra["replay"] = dg.MetadataValue.json(
+                {**plan.replay, "previous_checkpoint": set_aside_to}
+            )
+        if plan.lost:
+            extra["data_lost"] = dg.MetadataValue.json(
+                {p: f"{a}-{b}" for p, (a, b) in plan.lost.items()}
+            )
         return dg.Output(
             run,
             metadata={
                 **stream_metadata(run, committed),
                 "lag_messages": dg.MetadataValue.int(lag),
                 "waited_for_other_run_s": round(waited, 3),
+                **extra,
             },
         )
 

@@ -114,6 +114,32 @@ def checkpoint_lock(
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def lost_ranges(
+    position: dict[str, int] | None, log_start: dict[int, int]
+) -> dict[str, tuple[int, int]]:
+    """Offsets retention deleted before the stream read them: {partition: (first, last)}."""
+    if not position:
+        return {}
+    return {
+        p: (at, log_start[int(p)] - 1)
+        for p, at in sorted(position.items())
+        if int(p) in log_start and at < log_start[int(p)]
+    }
+
+
+def set_aside(checkpoint_path: str, why: str) -> str | None:
+    """Move a local checkpoint out of the way so the next query starts anew; returns where."""
+    path = local_path(checkpoint_path)
+    if path is None:
+        raise StreamError(f"cannot set aside the remote checkpoint {checkpoint_path} from here")
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = path.with_name(f"{path.name}.{why}-{stamp}-{os.getpid()}")
+    path.rename(target)
+    return str(target)
+
+
 def checkpoint_position(checkpoint_path: str, topic: str) -> dict[str, int] | None:
     """Where the checkpoint's last committed batch ended: {partition: offset}.
 
@@ -151,15 +177,21 @@ def run_available_now(
     checkpoint_path: str,
     staging_path: str,
     max_offsets_per_trigger: int,
+    starting_offsets: str = "earliest",
+    fail_on_data_loss: bool = True,
 ) -> StreamRun:
-    """Process everything in the topic at query start, then stop; return what was consumed."""
+    """Process everything in the topic at query start, then stop; return what was consumed.
+
+    `starting_offsets` applies only to a new checkpoint (a first run, or a replay); an existing
+    checkpoint continues where it stopped.
+    """
     raw = (
         spark.readStream.format("kafka")
         .options(**kafka_options)
         .option("subscribe", spec.topic)
-        .option("startingOffsets", "earliest")
+        .option("startingOffsets", starting_offsets)
         .option("maxOffsetsPerTrigger", str(max_offsets_per_trigger))
-        .option("failOnDataLoss", "true")
+        .option("failOnDataLoss", "true" if fail_on_data_loss else "false")
         .load()
     )
     out = spec.transform(raw)

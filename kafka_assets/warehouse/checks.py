@@ -109,6 +109,9 @@ class LagCheckConfig(dg.Config):
     max_lag_messages: int = 0
     max_staleness_s: int = 600
     """A lagging stream still passes while its last run is younger than this."""
+    retention_warn_share: float = 0.5
+    """Warn when the oldest unread message is older than this share of the topic's retention.ms:
+    retention would delete it before it is read if nothing changes."""
 
 
 def build_topic_lag_check(
@@ -142,14 +145,78 @@ def build_topic_lag_check(
         worst = max(lag.values(), default=0)
         stale = max((a if a is not None else float("inf") for a in ages.values()), default=0.0)
         passed = worst <= config.max_lag_messages or stale <= config.max_staleness_s
+        # The oldest message any stream has not read yet, against the topic's retention.
+        oldest = {}
+        for position in done.values():
+            for p, end in ends.items():
+                at = position.get(p, 0)
+                if at < end:
+                    oldest[int(p)] = min(oldest.get(int(p), at), at)
+        stamps = kafka.timestamps_at(topic, oldest) if oldest and worst else {}
+        state = kafka.describe_topic(topic)
+        retention_ms = int((state.config if state else {}).get("retention.ms", "-1") or -1)
+        oldest_age_s = round(time.time() - min(stamps.values()) / 1000, 1) if stamps else 0.0
+        near_retention = retention_ms > 0 and (
+            oldest_age_s * 1000 > config.retention_warn_share * retention_ms
+        )
         return dg.AssetCheckResult(
-            passed=passed,
+            passed=passed and not near_retention,
             severity=dg.AssetCheckSeverity.WARN,
+            description=(
+                f"the oldest unread message is {oldest_age_s:.0f}s old, over "
+                f"{config.retention_warn_share:.0%} of retention.ms={retention_ms}: it will be "
+                "deleted before it is read unless the streams catch up"
+                if near_retention
+                else None
+            ),
             metadata={
                 "lag_messages": dg.MetadataValue.json(lag),
                 "max_lag_messages": dg.MetadataValue.int(worst),
                 "seconds_since_processed": dg.MetadataValue.json(ages),
                 "end_offsets": dg.MetadataValue.json(ends),
+                "oldest_unread_age_s": dg.MetadataValue.float(oldest_age_s),
+                "retention_ms": dg.MetadataValue.int(retention_ms),
+            },
+        )
+
+    return _check
+
+
+def build_retention_check(
+    topic: str, topic_key: dg.AssetKey, streams: Mapping[str, dg.AssetKey]
+) -> dg.AssetChecksDefinition:
+    """Fails, naming each range, when retention deleted offsets a stream had not read."""
+
+    @dg.asset_check(
+        asset=topic_key,
+        name="unread_not_deleted",
+        additional_deps=list(streams.values()),
+        description=(
+            f"Every message of {topic} still unread by {', '.join(streams)} is still in Kafka: "
+            "retention has deleted nothing before it was read."
+        ),
+    )
+    def _check(
+        context: dg.AssetCheckExecutionContext, kafka: KafkaResource
+    ) -> dg.AssetCheckResult:
+        log_start = {str(p): o for p, o in kafka.start_offsets([topic])[topic].items()}
+        done = committed_offsets_many(context.instance, streams.values())
+        lost = {}
+        for stream, key in streams.items():
+            for p, at in sorted(done.get(key, {}).items()):
+                if p in log_start and at < log_start[p]:
+                    lost[f"{stream} partition {p}"] = f"{at}-{log_start[p] - 1}"
+        return dg.AssetCheckResult(
+            passed=not lost,
+            description=(
+                f"retention deleted unread offsets of {topic}: "
+                + ", ".join(f"{k}: {v}" for k, v in lost.items())
+                if lost
+                else None
+            ),
+            metadata={
+                "lost_ranges": dg.MetadataValue.json(lost),
+                "log_start_offsets": dg.MetadataValue.json(log_start),
             },
         )
 

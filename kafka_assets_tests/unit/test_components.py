@@ -62,6 +62,7 @@ def test_checks_and_sensor_targets_follow_the_new_pipeline(with_payments) -> Non
     assert new_checks == {
         dg.AssetCheckKey(key("kafka/payments"), "consumer_lag"),
         dg.AssetCheckKey(key("kafka/payments"), "partitions_as_declared"),
+        dg.AssetCheckKey(key("kafka/payments"), "unread_not_deleted"),
         dg.AssetCheckKey(key("warehouse/payments"), "payments_events_reconciled"),
         dg.AssetCheckKey(key("warehouse/payments"), "payments_unique_keys"),
     }

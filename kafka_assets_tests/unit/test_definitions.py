@@ -65,6 +65,8 @@ CHECKS = {
     dg.AssetCheckKey(key("kafka/page_views"), "consumer_lag"),
     dg.AssetCheckKey(key("kafka/orders"), "partitions_as_declared"),
     dg.AssetCheckKey(key("kafka/page_views"), "partitions_as_declared"),
+    dg.AssetCheckKey(key("kafka/orders"), "unread_not_deleted"),
+    dg.AssetCheckKey(key("kafka/page_views"), "unread_not_deleted"),
 }
 # What the sensor requests with a topic's new offsets: the topic's checks and its readers'.
 REQUESTED_CHECKS = CHECKS

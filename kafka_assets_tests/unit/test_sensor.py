@@ -307,6 +307,7 @@ def test_project_sensor_requests_lineage_and_checks_of_the_changed_topic(kafka: 
         dg.AssetCheckKey(key("warehouse/orders"), "orders_unique_keys"),
         dg.AssetCheckKey(key("kafka/orders"), "consumer_lag"),
         dg.AssetCheckKey(key("kafka/orders"), "partitions_as_declared"),
+        dg.AssetCheckKey(key("kafka/orders"), "unread_not_deleted"),
     }
     assert [e.asset_key for e in result.asset_events] == [key("kafka/orders")]
     assert json.loads(result.cursor) == {"orders": {"0": 0, "1": 5}}
@@ -335,6 +336,7 @@ def test_project_sensor_for_page_views(kafka: FakeKafka) -> None:
         dg.AssetCheckKey(key("warehouse/page_views"), "page_views_events_reconciled"),
         dg.AssetCheckKey(key("kafka/page_views"), "consumer_lag"),
         dg.AssetCheckKey(key("kafka/page_views"), "partitions_as_declared"),
+        dg.AssetCheckKey(key("kafka/page_views"), "unread_not_deleted"),
     }
     assert json.loads(result.cursor) == {"orders": {"0": 0, "1": 0}, "page_views": {"0": 1}}
 

@@ -29,6 +29,7 @@ from kafka_assets.warehouse.assets import (
 )
 from kafka_assets.warehouse.checks import (
     build_reconciliation_check,
+    build_retention_check,
     build_topic_lag_check,
     build_unique_keys_check,
 )
@@ -192,10 +193,10 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
                     stream.options.kinds or ["spark", "parquet"],
                 )
             )
+        readers = {s.name: s.key for s in self.streams}
         checks = [
-            build_topic_lag_check(
-                self.topic.name, self.topic_key, {s.name: s.key for s in self.streams}
-            )
+            build_topic_lag_check(self.topic.name, self.topic_key, readers),
+            build_retention_check(self.topic.name, self.topic_key, readers),
         ]
         for plan in self.table_plans:
             if plan.spec.mode == "aggregate":
@@ -233,4 +234,14 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
                     ],
                 )
             )
-        return dg.Definitions(assets=assets, asset_checks=checks)
+        # The launchpad for reprocessing: each stream's config takes a replay point and a reason.
+        replay = dg.define_asset_job(
+            f"replay_{self.topic.name}",
+            selection=dg.AssetSelection.assets(*(s.key for s in self.streams)).downstream(),
+            description=(
+                f"Reprocess {self.topic.name} from an offset or a timestamp: set "
+                "replay_from_offsets or replay_from_timestamp (and a reason) in a stream's "
+                "config. Aggregate streams are rebuilt from the log start."
+            ),
+        )
+        return dg.Definitions(assets=assets, asset_checks=checks, jobs=[replay])
