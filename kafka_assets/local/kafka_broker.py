@@ -122,8 +122,8 @@ class KafkaBroker:
                 "kafka.tools.StorageTool",
                 "format",
                 "--standalone",
-                "-t",
-                cluster_id,
+                # One token: a base64url id may start with "-", which argparse takes for an option.
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(self.config_file),
             ],

@@ -13,6 +13,7 @@ from kafka_assets.spark.streams import (
     StreamSpec,
     checkpoint_lock,
     checkpoint_position,
+    record_loss,
     run_available_now,
     set_aside,
 )
@@ -136,6 +137,7 @@ def build_stream_asset(
                 {**plan.replay, "previous_checkpoint": set_aside_to}
             )
         if plan.lost:
+            record_loss(streaming.staging_path(spec.name), context.run.run_id, plan.lost)
             extra["data_lost"] = dg.MetadataValue.json(
                 {p: f"{a}-{b}" for p, (a, b) in plan.lost.items()}
             )

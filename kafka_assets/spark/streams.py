@@ -140,6 +140,31 @@ def set_aside(checkpoint_path: str, why: str) -> str | None:
     return str(target)
 
 
+LOSS_DIR = "_lost"
+"""Beside a stream's staged batches: one JSON file per run that went on past deleted offsets."""
+
+
+def record_loss(staging_path: str, run_id: str, lost: dict[str, tuple[int, int]]) -> None:
+    """Keep the ranges an opt-in run acknowledged as lost, for the reconciliation check."""
+    root = local_path(staging_path)
+    if root is None or not lost:
+        return
+    (root / LOSS_DIR).mkdir(parents=True, exist_ok=True)
+    (root / LOSS_DIR / f"{run_id}.json").write_text(json.dumps(lost))
+
+
+def acknowledged_loss(staging_path: str) -> dict[str, list[tuple[int, int]]]:
+    """Every range recorded by `record_loss` for this stream: {partition: [(first, last)]}."""
+    root = local_path(staging_path)
+    found: dict[str, list[tuple[int, int]]] = {}
+    if root is None or not (root / LOSS_DIR).is_dir():
+        return found
+    for file in sorted((root / LOSS_DIR).glob("*.json")):
+        for part, (first, last) in json.loads(file.read_text()).items():
+            found.setdefault(part, []).append((int(first), int(last)))
+    return found
+
+
 def checkpoint_position(checkpoint_path: str, topic: str) -> dict[str, int] | None:
     """Where the checkpoint's last committed batch ended: {partition: offset}.
 

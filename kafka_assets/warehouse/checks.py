@@ -8,6 +8,8 @@ from psycopg import sql
 
 from kafka_assets.kafka.resources import KafkaResource
 from kafka_assets.spark.assets import committed_offsets, committed_offsets_many
+from kafka_assets.spark.resources import StreamingSettings
+from kafka_assets.spark.streams import acknowledged_loss
 from kafka_assets.warehouse.resources import PostgresResource
 from kafka_assets.warehouse.tables import LEDGER, Table
 
@@ -17,28 +19,57 @@ FOLLOW_TABLE = dg.AutomationCondition.eager()
 
 
 def reconcile(
-    ledger: Iterable[tuple[str, int, int, int]], end_offsets: Mapping[str, int]
-) -> tuple[bool, dict[str, dict[str, int]]]:
+    ledger: Iterable[tuple[str, int, str, int, int, int]],
+    end_offsets: Mapping[str, int],
+    lost: Mapping[str, Iterable[tuple[int, int]]] | None = None,
+) -> tuple[bool, dict[str, dict]]:
     """Compare landed rows (valid + quarantined) with the offsets the stream consumed.
 
-    `ledger` holds (partition, first offset, last offset, rows) per loaded batch and table. For
-    every partition the rows must equal the offsets covered (no gap, no duplicate) and reach the
-    stream's committed end offset (nothing consumed is missing). Offsets of a non-transactional
-    producer are contiguous, which the idempotent producer here is.
+    `ledger` holds (query id, batch id, partition, first offset, last offset, rows) per loaded
+    batch and table. Per partition:
+    - each batch's rows across the tables equal its offset range (nothing doubled or dropped
+      inside a batch; offsets of a non-transactional producer are contiguous);
+    - the batches' ranges leave no gap, except ranges `lost` records as deleted by retention
+      and acknowledged by an opt-in run. Ranges may overlap: that is a replay, idempotent by
+      position in the tables;
+    - they reach the stream's committed end offset (nothing consumed is missing).
     """
     end_offsets = {str(p): int(e) for p, e in end_offsets.items()}
-    per: dict[str, dict[str, int]] = {}
-    for part, lo, hi, n in ledger:
-        agg = per.setdefault(str(part), {"first": lo, "last": hi, "rows": 0})
-        agg["first"], agg["last"] = min(agg["first"], lo), max(agg["last"], hi)
-        agg["rows"] += n
+    batches: dict[str, dict[tuple[str, int], list[int]]] = {}
+    for query, batch, part, lo, hi, n in ledger:
+        agg = batches.setdefault(str(part), {}).setdefault((query, batch), [lo, hi, 0])
+        agg[0], agg[1], agg[2] = min(agg[0], lo), max(agg[1], hi), agg[2] + n
     ok = True
-    for part in set(per) | {str(p) for p, e in end_offsets.items() if e > 0}:
-        agg = per.setdefault(part, {"first": 0, "last": -1, "rows": 0})
-        agg["covered"] = agg["last"] - agg["first"] + 1
-        agg["consumed_end"] = int(end_offsets.get(part, agg["last"] + 1))
-        agg["missing"] = agg["consumed_end"] - (agg["last"] + 1)
-        if agg["rows"] != agg["covered"] or agg["missing"] != 0:
+    per: dict[str, dict] = {}
+    for part in set(batches) | {p for p, e in end_offsets.items() if e > 0}:
+        spans = sorted(batches.get(part, {}).values())
+        wrong = [f"{lo}-{hi}: {n} rows" for lo, hi, n in spans if n != hi - lo + 1]
+        acknowledged = sorted(tuple(r) for r in (lost or {}).get(part, ()))
+        intervals = sorted([(lo, hi) for lo, hi, _ in spans] + acknowledged)
+        gaps, reach = [], None
+        for lo, hi in intervals:
+            if reach is not None and lo > reach + 1:
+                gaps.append(f"{reach + 1}-{lo - 1}")
+            reach = hi if reach is None else max(reach, hi)
+        first = spans[0][0] if spans else 0
+        last = max((hi for _, hi, _ in spans), default=-1)
+        consumed_end = end_offsets.get(part, last + 1)
+        per[part] = {
+            "first": first,
+            "last": last,
+            "rows": sum(n for _, _, n in spans),
+            "covered": last - first + 1,
+            "consumed_end": consumed_end,
+            "missing": consumed_end - (max(last, reach if reach is not None else -1) + 1),
+            "batches": len(spans),
+        }
+        if wrong:
+            per[part]["batches_miscounted"] = wrong
+        if gaps:
+            per[part]["gaps"] = gaps
+        if acknowledged:
+            per[part]["acknowledged_lost"] = [f"{a}-{b}" for a, b in acknowledged]
+        if wrong or gaps or per[part]["missing"] != 0:
             ok = False
     return ok, per
 
@@ -61,15 +92,21 @@ def build_reconciliation_check(
             "partition by partition."
         ),
     )
-    def _check(context: dg.AssetCheckExecutionContext, warehouse: PostgresResource):
+    def _check(
+        context: dg.AssetCheckExecutionContext,
+        warehouse: PostgresResource,
+        streaming: StreamingSettings,
+    ):
         query = sql.SQL(
-            "SELECT o.key, (o.value->>0)::bigint, (o.value->>1)::bigint, (o.value->>2)::bigint"
+            "SELECT l.query_id, l.batch_id, o.key, (o.value->>0)::bigint,"
+            " (o.value->>1)::bigint, (o.value->>2)::bigint"
             " FROM {} AS l, jsonb_each(l.offsets) AS o WHERE l.stream = %s"
             " AND l.target_table = ANY(%s)"
         ).format(warehouse.table(LEDGER))
         with warehouse.connect() as conn:
             rows = conn.execute(query, (stream, names)).fetchall()
-        ok, per = reconcile(rows, committed_offsets(context.instance, stream_key))
+        lost = acknowledged_loss(streaming.staging_path(stream))
+        ok, per = reconcile(rows, committed_offsets(context.instance, stream_key), lost)
         return dg.AssetCheckResult(
             passed=ok,
             metadata={
@@ -196,9 +233,7 @@ def build_retention_check(
             "retention has deleted nothing before it was read."
         ),
     )
-    def _check(
-        context: dg.AssetCheckExecutionContext, kafka: KafkaResource
-    ) -> dg.AssetCheckResult:
+    def _check(context: dg.AssetCheckExecutionContext, kafka: KafkaResource) -> dg.AssetCheckResult:
         log_start = {str(p): o for p, o in kafka.start_offsets([topic])[topic].items()}
         done = committed_offsets_many(context.instance, streams.values())
         lost = {}

@@ -87,8 +87,13 @@ def test_identifiers_are_quoted_not_interpolated() -> None:
 
 
 def test_reconcile_passes_for_contiguous_ranges_reaching_the_end() -> None:
-    # Partition 0 split over two batches and over the valid and the quarantine tables.
-    ledger = [("0", 0, 99, 90), ("0", 3, 97, 10), ("0", 100, 149, 50), ("1", 0, 9, 10)]
+    # Partition 0: batch 0 split over the valid and the quarantine table, then batch 1.
+    ledger = [
+        ("q", 0, "0", 0, 99, 90),
+        ("q", 0, "0", 3, 97, 10),
+        ("q", 1, "0", 100, 149, 50),
+        ("q", 0, "1", 0, 9, 10),
+    ]
 
     ok, per = reconcile(ledger, {"0": 150, "1": 10, "2": 0})
 
@@ -100,36 +105,52 @@ def test_reconcile_passes_for_contiguous_ranges_reaching_the_end() -> None:
         "covered": 150,
         "consumed_end": 150,
         "missing": 0,
+        "batches": 2,
     }
     assert per["1"]["rows"] == per["1"]["covered"] == 10
     assert "2" not in per  # an empty partition needs no rows
 
 
 def test_reconcile_accepts_a_stream_that_started_after_offset_zero() -> None:
-    ok, per = reconcile([("0", 500, 599, 100)], {"0": 600})
+    ok, per = reconcile([("q", 0, "0", 500, 599, 100)], {"0": 600})
     assert ok and per["0"]["covered"] == 100
 
 
 def test_reconcile_fails_on_a_gap() -> None:
-    ok, per = reconcile([("0", 0, 99, 100), ("0", 120, 149, 30)], {"0": 150})
+    ok, per = reconcile([("q", 0, "0", 0, 99, 100), ("q", 1, "0", 120, 149, 30)], {"0": 150})
     assert not ok
-    assert (per["0"]["rows"], per["0"]["covered"]) == (130, 150)
+    assert per["0"]["gaps"] == ["100-119"]
 
 
-def test_reconcile_fails_on_a_duplicate_count() -> None:
-    ok, per = reconcile([("0", 0, 99, 100), ("0", 50, 149, 100)], {"0": 150})
+def test_reconcile_fails_on_a_doubled_batch() -> None:
+    ok, per = reconcile([("q", 0, "0", 0, 99, 100), ("q", 0, "0", 50, 99, 50)], {"0": 100})
     assert not ok
-    assert (per["0"]["rows"], per["0"]["covered"]) == (200, 150)
+    assert per["0"]["batches_miscounted"] == ["0-99: 150 rows"]
+
+
+def test_reconcile_accepts_a_replay_overlapping_earlier_batches() -> None:
+    """A replay is a new query over offsets already landed: idempotent by position."""
+    ledger = [("q1", 0, "0", 0, 149, 150), ("q2", 0, "0", 40, 149, 110)]
+    ok, per = reconcile(ledger, {"0": 150})
+    assert ok and per["0"]["batches"] == 2
+
+
+def test_reconcile_accepts_only_acknowledged_loss() -> None:
+    ledger = [("q", 0, "0", 0, 99, 100), ("q", 1, "0", 120, 149, 30)]
+    ok, per = reconcile(ledger, {"0": 150}, lost={"0": [(100, 119)]})
+    assert ok and per["0"]["acknowledged_lost"] == ["100-119"]
+    ok, per = reconcile(ledger, {"0": 150}, lost={"0": [(100, 110)]})
+    assert not ok and per["0"]["gaps"] == ["111-119"]
 
 
 def test_reconcile_fails_when_consumed_beyond_what_landed() -> None:
-    ok, per = reconcile([("0", 0, 99, 100)], {"0": 150})
+    ok, per = reconcile([("q", 0, "0", 0, 99, 100)], {"0": 150})
     assert not ok
     assert per["0"]["missing"] == 50
 
 
 def test_reconcile_fails_for_a_consumed_partition_with_no_rows() -> None:
-    ok, per = reconcile([("0", 0, 9, 10)], {"0": 10, "1": 5})
+    ok, per = reconcile([("q", 0, "0", 0, 9, 10)], {"0": 10, "1": 5})
     assert not ok
     assert per["1"]["rows"] == 0 and per["1"]["missing"] == 5
 
