@@ -18,6 +18,8 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 
+from kafka_assets.faults import fault_point
+
 Transform = Callable[[DataFrame], DataFrame]
 
 
@@ -227,7 +229,9 @@ def run_available_now(
     def write_batch(batch: DataFrame, batch_id: int) -> None:
         ready.wait(60)
         target = f"{staging_path}/query={query_id['id']}/batch={batch_id:012d}"
+        fault_point("stream.before_stage")
         batch.write.mode("overwrite").parquet(target)
+        fault_point("stream.after_stage")
         written[batch_id] = 1
 
     started = time.monotonic()
@@ -248,6 +252,7 @@ def run_available_now(
             f"Stream '{spec.name}' reading topic '{spec.topic}' failed: {exc}"
         ) from exc
     duration = time.monotonic() - started
+    fault_point("stream.after_query")
 
     run = StreamRun(
         stream=spec.name,

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
 
+from kafka_assets.faults import fault_point, ledger_broken
 from kafka_assets.spark.staging import StagedBatch, StagedStream, newest_message_time
 from kafka_assets.warehouse.resources import PostgresResource
 from kafka_assets.warehouse.tables import LEDGER, Table
@@ -142,6 +143,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
                 f"TableLoad (staged stream batches for a declared table), not {type(obj).__name__}"
             )
         stats = self._load_batches(context, obj)
+        fault_point("load.before_materialization")
         context.add_output_metadata(self._metadata(obj.table, stats))
 
     def load_input(self, context: dg.InputContext) -> None:
@@ -167,6 +169,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
                         stats.batches_skipped += 1
                         continue
                     rows_in, rows_written = self._load_one(conn, spec, source, batch, run_id)
+                    fault_point("load.after_commit")
                     if rows_in < 0:
                         stats.batches_skipped += 1
                         continue
@@ -203,6 +206,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
                 )
             )
             rows_in = copy_arrow(cur, incoming, spec.column_names, data)
+            fault_point("load.after_copy")
             offsets = None
             if spec.offset_columns:
                 part, off = (sql.Identifier(c) for c in spec.offset_columns)
@@ -214,6 +218,8 @@ class PostgresIOManager(dg.ConfigurableIOManager):
                 offsets = {str(p): [lo, hi, n] for p, lo, hi, n in cur.fetchall()}
             cur.execute(upsert_sql(spec, target, incoming))
             rows_written = max(cur.rowcount, 0)
+            if ledger_broken():
+                return rows_in, rows_written
             cur.execute(
                 sql.SQL(
                     "INSERT INTO {} (target_table, stream, query_id, batch_id, rows_in,"

@@ -97,3 +97,32 @@ def test_an_unreachable_cluster_is_a_skip_that_keeps_the_cursor() -> None:
     assert isinstance(result, dg.SkipReason)
     assert "unreachable" in result.skip_message and "127.0.0.1" in result.skip_message
     assert context.cursor == cursor
+
+
+def test_a_stream_fails_naming_the_bootstrap_servers_it_cannot_reach(tmp_path) -> None:
+    from dagster_pyspark import LazyPySparkResource
+
+    from kafka_assets.definitions import pipelines
+    from kafka_assets.spark.assets import build_stream_asset
+    from kafka_assets.spark.resources import StreamingSettings
+
+    address = f"127.0.0.1:{free_port()}"
+    orders = next(p for p in pipelines if p.topic.name == "orders")
+    stream = build_stream_asset(
+        orders.events.spec, orders.events.key, orders.topic_key, "shop", ["spark"]
+    )
+    result = dg.materialize(
+        [stream],
+        resources={
+            "kafka": KafkaResource(bootstrap_servers=address, request_timeout_s=2),
+            "streaming": StreamingSettings(
+                checkpoint_base=str(tmp_path / "c"), staging_base=str(tmp_path / "s")
+            ),
+            "pyspark": LazyPySparkResource(spark_config={}),  # never started: fails before Spark
+            "staging_io_manager": dg.mem_io_manager,
+        },
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = result.failure_data_for_node("spark__orders_events")
+    assert f"Kafka at {address} did not answer" in failure.user_failure_data.description

@@ -1,0 +1,170 @@
+"""kill -9 at each step of a run, then a rerun: nothing lost, nothing doubled.
+
+Each case runs the orders pipeline in a child process that SIGKILLs itself at one named point
+(`kafka_assets.faults`), then re-executes the same selection in this process, as an operator
+would, and counts independently: the orders table equals the latest state replayed from the
+generator, quarantined rows per partition equal the malformed messages read back from Kafka, and
+the reconciliation check passes. With the ledger deliberately broken the same case must fail.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from kafka_assets import runner
+from kafka_assets.faults import POINTS
+from kafka_assets.local.services import write_dagster_yaml
+from kafka_assets.paths import PROJECT_ROOT
+from kafka_assets.shop.generator import GeneratorConfig, generate
+from kafka_assets_tests.integration.test_pipeline import START, _expected, _produce
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SELECTION = [
+    "kafka/orders",
+    "spark/orders_events",
+    "spark/revenue_per_minute",
+    "warehouse/orders",
+    "warehouse/revenue_per_minute",
+    "warehouse/quarantine",
+]
+# Small micro-batches, so a kill in the middle of a stream leaves batches before and after it.
+RUN_CONFIG = {
+    "resources": {
+        "streaming": {
+            "config": {
+                "checkpoint_base": {"env": "SPARK_CHECKPOINT_BASE"},
+                "staging_base": {"env": "SPARK_STAGING_BASE"},
+                "max_offsets_per_trigger": 120,
+            }
+        }
+    }
+}
+COUNT, SEED = 800, 41
+
+
+def _child(env: dict, fault: str, tmp: Path, break_ledger: bool = False) -> int:
+    spec = json.dumps({"selection": SELECTION, "run_config": RUN_CONFIG})
+    child_env = {**os.environ, **env, "KAFKA_ASSETS_FAULT": fault}
+    if break_ledger:
+        child_env["KAFKA_ASSETS_BREAK_LEDGER"] = "1"
+    with open(tmp / f"child-{fault}.log", "w") as log:
+        proc = subprocess.run(
+            [sys.executable, "-m", "kafka_assets_tests.fault_run", spec],
+            cwd=PROJECT_ROOT,
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=900,
+            check=False,
+        )
+    return proc.returncode
+
+
+def _malformed_per_partition(bootstrap: str, count: int, seed: int) -> Counter:
+    """Read the orders topic back and count, per partition, the messages the generator made
+    malformed (matched by their bytes): an independent count of what quarantine must hold."""
+    start = datetime.fromisoformat(START.replace("Z", "+00:00"))
+    config = GeneratorConfig(seed=seed, malformed_fraction=0.02)
+    bad = {m.value for m in generate(count, config, start) if m.malformed and m.topic == "orders"}
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "fault-count", "enable.partition.eof": True}
+    )
+    try:
+        parts = consumer.list_topics("orders", timeout=10).topics["orders"].partitions
+        consumer.assign([TopicPartition("orders", p, 0) for p in parts])
+        per, done = Counter(), set()
+        while len(done) < len(parts):
+            msg = consumer.poll(5)
+            if msg is None:
+                raise AssertionError("the orders topic did not reach its end")
+            if msg.error():
+                done.add(msg.partition())
+                continue
+            if (msg.value() or b"") in bad:
+                per[msg.partition()] += 1
+        return per
+    finally:
+        consumer.close()
+
+
+def _reconciled(instance) -> tuple[bool, dict]:
+    check = dg.AssetCheckKey(dg.AssetKey(["warehouse", "orders"]), "orders_events_reconciled")
+    result = runner.materialize(instance, [], checks=[check])
+    (evaluation,) = [
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    return evaluation.passed, evaluation.metadata["partitions"].value
+
+
+def _case(env: dict, tmp: Path, fault: str, break_ledger: bool = False) -> dict:
+    write_dagster_yaml(Path(env["DAGSTER_HOME"]), postgres=False)
+    instance = dg.DagsterInstance.get()
+    assert runner.materialize(instance, [dg.AssetKey(["kafka", "orders"])]).success
+    sent = _produce(instance, COUNT, seed=SEED)
+
+    code = _child(env, fault, tmp, break_ledger)
+    assert code == -9, f"{fault}: the child exited {code}, not by SIGKILL (see {tmp})"
+    if break_ledger:
+        os.environ["KAFKA_ASSETS_BREAK_LEDGER"] = "1"
+    try:
+        rerun = runner.materialize(
+            instance, [dg.AssetKey.from_user_string(k) for k in SELECTION], run_config=RUN_CONFIG
+        )
+    finally:
+        os.environ.pop("KAFKA_ASSETS_BREAK_LEDGER", None)
+    assert rerun.success
+
+    with psycopg.connect(env["WAREHOUSE_DSN"]) as conn:
+        conn.execute(f'SET search_path TO "{env["WAREHOUSE_SCHEMA"]}"')
+        orders = dict(conn.execute("SELECT order_id, status FROM orders").fetchall())
+        quarantined = Counter(
+            dict(
+                conn.execute(
+                    "SELECT source_partition, count(*) FROM quarantine WHERE topic = 'orders'"
+                    " GROUP BY 1"
+                ).fetchall()
+            )
+        )
+    expected = _malformed_per_partition(env["KAFKA_BOOTSTRAP_SERVERS"], COUNT, SEED)
+    passed, per = _reconciled(instance)
+    figures = {
+        "fault": fault,
+        "orders_rows": len(orders),
+        "quarantined": sum(quarantined.values()),
+        "malformed_sent": sent["malformed"].get("orders", 0),
+        "reconciled": passed,
+    }
+    print(f"\nfault case: {figures}")
+    return {
+        "orders_ok": orders == _expected([(COUNT, SEED)])[0],
+        "quarantine_ok": quarantined == expected
+        and sum(expected.values()) == sent["malformed"].get("orders", 0),
+        "reconciled": passed,
+        "per": per,
+    }
+
+
+@pytest.mark.parametrize("fault", sorted(POINTS))
+def test_kill_9_then_rerun_loses_and_doubles_nothing(fault, pipeline_env, tmp_path):
+    outcome = _case(pipeline_env, tmp_path, fault)
+    assert outcome["orders_ok"], fault
+    assert outcome["quarantine_ok"], fault
+    assert outcome["reconciled"], outcome["per"]
+
+
+def test_a_loader_without_its_ledger_is_caught(pipeline_env, tmp_path):
+    """The suite has teeth: skip the ledger row and the same kill case fails reconciliation."""
+    outcome = _case(pipeline_env, tmp_path, "load.after_commit", break_ledger=True)
+    assert not outcome["reconciled"], outcome["per"]
