@@ -52,22 +52,25 @@ RUN_CONFIG = {
 COUNT, SEED = 800, 41
 
 
-def _child(env: dict, fault: str, tmp: Path, break_ledger: bool = False) -> int:
-    spec = json.dumps({"selection": SELECTION, "run_config": RUN_CONFIG})
+def _start_child(
+    env: dict, fault: str, log: Path, selection=SELECTION, break_ledger: bool = False
+) -> subprocess.Popen:
+    spec = json.dumps({"selection": selection, "run_config": RUN_CONFIG})
     child_env = {**os.environ, **env, "KAFKA_ASSETS_FAULT": fault}
     if break_ledger:
         child_env["KAFKA_ASSETS_BREAK_LEDGER"] = "1"
-    with open(tmp / f"child-{fault}.log", "w") as log:
-        proc = subprocess.run(
-            [sys.executable, "-m", "kafka_assets_tests.fault_run", spec],
-            cwd=PROJECT_ROOT,
-            env=child_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            timeout=900,
-            check=False,
-        )
-    return proc.returncode
+    return subprocess.Popen(
+        [sys.executable, "-m", "kafka_assets_tests.fault_run", spec],
+        cwd=PROJECT_ROOT,
+        env=child_env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _child(env: dict, fault: str, tmp: Path, break_ledger: bool = False) -> int:
+    proc = _start_child(env, fault, tmp / f"child-{fault}.log", break_ledger=break_ledger)
+    return proc.wait(timeout=900)
 
 
 def _malformed_per_partition(bootstrap: str, count: int, seed: int) -> Counter:
@@ -168,3 +171,29 @@ def test_a_loader_without_its_ledger_is_caught(pipeline_env, tmp_path):
     """The suite has teeth: skip the ledger row and the same kill case fails reconciliation."""
     outcome = _case(pipeline_env, tmp_path, "load.after_commit", break_ledger=True)
     assert not outcome["reconciled"], outcome["per"]
+
+
+def test_two_runs_of_one_stream_at_once_share_no_checkpoint(pipeline_env, tmp_path):
+    """Two processes launch the same stream together (a demo beside the daemon): one waits for
+    the other's checkpoint, and every message is consumed once between them."""
+    write_dagster_yaml(Path(pipeline_env["DAGSTER_HOME"]), postgres=False)
+    instance = dg.DagsterInstance.get()
+    assert runner.materialize(instance, [dg.AssetKey(["kafka", "orders"])]).success
+    sent = _produce(instance, COUNT, seed=SEED)
+
+    children = [
+        _start_child(pipeline_env, "", tmp_path / f"twin-{i}.log", ["spark/orders_events"])
+        for i in range(2)
+    ]
+    codes = [c.wait(timeout=900) for c in children]
+    assert codes == [0, 0], f"exit codes {codes}; logs in {tmp_path}"
+
+    key = dg.AssetKey(["spark", "orders_events"])
+    runs = [
+        {k: v.value for k, v in r.asset_materialization.metadata.items()}
+        for r in instance.fetch_materializations(key, limit=10).records
+    ]
+    print(f"\ntwo runs: {[(m['input_rows'], m['waited_for_other_run_s']) for m in runs]}")
+    assert len(runs) == 2
+    assert sum(m["input_rows"] for m in runs) == sent["acked"]["orders"]
+    assert max(m["waited_for_other_run_s"] for m in runs) > 0
