@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import dagster as dg
+import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
@@ -142,7 +143,20 @@ class PostgresIOManager(dg.ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()}: the warehouse IO manager stores a "
                 f"TableLoad (staged stream batches for a declared table), not {type(obj).__name__}"
             )
-        stats = self._load_batches(context, obj)
+        try:
+            stats = self._load_batches(context, obj)
+        except psycopg.OperationalError as exc:
+            # Each batch commits with its ledger row or not at all, so what committed stays and
+            # the rest is still pending: a rerun lands it once.
+            where = self.warehouse.address()
+            raise dg.Failure(
+                description=(
+                    f"{obj.table.name}: the warehouse at {where} failed during the load "
+                    f"({str(exc).strip().splitlines()[0]}). Batches committed before the failure "
+                    "are kept with their ledger rows; nothing partial was committed, and the "
+                    "remaining batches load on the next run."
+                )
+            ) from exc
         fault_point("load.before_materialization")
         context.add_output_metadata(self._metadata(obj.table, stats))
 

@@ -13,6 +13,11 @@ class PostgresResource(dg.ConfigurableResource):
     schema_name: str = "shop"
     connect_timeout_s: int = 10
 
+    def address(self) -> str:
+        """host:port/database of the DSN, for messages: never the user or password."""
+        info = psycopg.conninfo.conninfo_to_dict(self.dsn)
+        return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
     @contextmanager
     def connect(self, autocommit: bool = False) -> Iterator[psycopg.Connection]:
         """A connection with the warehouse schema on the search path, always closed."""

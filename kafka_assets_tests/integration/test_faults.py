@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -197,3 +198,94 @@ def test_two_runs_of_one_stream_at_once_share_no_checkpoint(pipeline_env, tmp_pa
     assert len(runs) == 2
     assert sum(m["input_rows"] for m in runs) == sent["acked"]["orders"]
     assert max(m["waited_for_other_run_s"] for m in runs) > 0
+
+
+def test_postgres_stopped_mid_load_keeps_what_committed_and_a_rerun_lands_the_rest(
+    pipeline_env, tmp_path, monkeypatch
+):
+    """The warehouse goes down while a table is loading: a clear error naming it, no partial
+    batch, the table's materialization not recorded; after a restart the rerun lands the rest."""
+    import threading
+
+    from kafka_assets.local.postgres import LocalPostgres
+    from kafka_assets_tests.conftest import free_port
+
+    pg = LocalPostgres(tmp_path / "warehouse", free_port(), databases=("warehouse",))
+    pg.start()
+    try:
+        env = {**pipeline_env, "WAREHOUSE_DSN": pg.dsn("warehouse")}
+        monkeypatch.setenv("WAREHOUSE_DSN", env["WAREHOUSE_DSN"])
+        write_dagster_yaml(Path(env["DAGSTER_HOME"]), postgres=False)
+        instance = dg.DagsterInstance.get()
+        assert runner.materialize(instance, [dg.AssetKey(["kafka", "orders"])]).success
+        _produce(instance, COUNT, seed=SEED)
+        small = json.loads(json.dumps(RUN_CONFIG))
+        small["resources"]["streaming"]["config"]["max_offsets_per_trigger"] = 40
+        stream = runner.materialize(instance, [dg.AssetKey(["spark", "orders_events"])], [], small)
+        assert stream.success
+        batches = _metadata_value(instance, "spark/orders_events", "batches")
+        assert batches >= 6, batches
+
+        table = dg.AssetKey(["warehouse", "orders"])
+        ledger = f'"{env["WAREHOUSE_SCHEMA"]}"._kafka_assets_batches'
+        stopped = threading.Event()
+
+        def stop_after_two_batches() -> None:
+            """Hold the table's load lock once two batches committed, then stop PostgreSQL:
+            the loader is inside its next batch's transaction when the server goes away."""
+            conn = psycopg.connect(env["WAREHOUSE_DSN"], autocommit=True)
+            try:
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline:
+                    try:
+                        n = conn.execute(
+                            f"SELECT count(*) FROM {ledger} WHERE target_table = 'orders'"
+                        ).fetchone()[0]
+                    except psycopg.errors.UndefinedTable:
+                        n = 0
+                    if n >= 2:
+                        conn.execute("SELECT pg_advisory_lock(hashtext('orders'))")
+                        time.sleep(1.0)  # the loader now waits inside its next transaction
+                        break
+                    time.sleep(0.02)
+                pg.stop()
+                stopped.set()
+            finally:
+                try:
+                    conn.close()
+                except psycopg.Error:
+                    pass
+
+        stopper = threading.Thread(target=stop_after_two_batches)
+        stopper.start()
+        failed = runner.materialize(instance, [table], checks=[])
+        stopper.join(60)
+        assert stopped.is_set() and not failed.success
+        failure = failed.failure_data_for_node("warehouse__orders").user_failure_data
+        assert "the warehouse at 127.0.0.1" in failure.description, failure.description
+        assert "nothing partial was committed" in failure.description
+        assert instance.get_latest_materialization_event(table) is None
+
+        pg.start()
+        with psycopg.connect(env["WAREHOUSE_DSN"]) as conn:
+            committed = conn.execute(
+                f"SELECT count(*), sum(rows_in) FROM {ledger} WHERE target_table = 'orders'"
+            ).fetchone()
+        print(f"\npostgres stopped mid-load: {committed[0]} of {batches} batches had committed")
+        assert 2 <= committed[0] < batches
+
+        rerun = runner.materialize(instance, [table, dg.AssetKey(["warehouse", "quarantine"])])
+        assert rerun.success
+        with psycopg.connect(env["WAREHOUSE_DSN"]) as conn:
+            conn.execute(f'SET search_path TO "{env["WAREHOUSE_SCHEMA"]}"')
+            orders = dict(conn.execute("SELECT order_id, status FROM orders").fetchall())
+        assert orders == _expected([(COUNT, SEED)])[0]
+        passed, per = _reconciled(instance)
+        assert passed, per
+    finally:
+        pg.stop()
+
+
+def _metadata_value(instance, key: str, name: str):
+    event = instance.get_latest_materialization_event(dg.AssetKey.from_user_string(key))
+    return event.asset_materialization.metadata[name].value
