@@ -306,6 +306,12 @@ class QuarantineSpec(dg.Model):
     table: str = "quarantine"
     """Shared by every pipeline that names it; one asset collects them all."""
 
+    @model_validator(mode="after")
+    def _plain_name(self) -> "QuarantineSpec":
+        if not _IDENT.match(self.table):
+            raise ValueError(f"quarantine table name {self.table!r} must be a plain identifier")
+        return self
+
 
 class PipelineSpec(dg.Model):
     """One topic and everything downstream of it."""

@@ -9,8 +9,9 @@ from kafka_assets.warehouse.tables import LEDGER
 
 
 def _exists(conn, warehouse: PostgresResource, name: str) -> bool:
-    found = conn.execute("SELECT to_regclass(%s)", (f"{warehouse.schema_name}.{name}",))
-    return found.fetchone()[0] is not None
+    # to_regclass parses its text as SQL: quote both parts, so any schema name works.
+    qualified = warehouse.table(name).as_string(conn)
+    return conn.execute("SELECT to_regclass(%s)", (qualified,)).fetchone()[0] is not None
 
 
 def table_counts(warehouse: PostgresResource, tables: Sequence[str]) -> dict[str, int]:

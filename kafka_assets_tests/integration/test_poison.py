@@ -101,3 +101,50 @@ def test_poison_lands_in_quarantine_with_position_and_reason(pipeline_env):
     assert orders == {"o-valid", "o-negative"}
     checks = runner.check_results(result)
     assert checks["warehouse/orders:orders_events_reconciled"], checks
+
+
+def test_a_hostile_schema_name_is_quoted_everywhere(pipeline_env, monkeypatch):
+    """WAREHOUSE_SCHEMA with a quote, a space and SQL in it: every statement quotes it."""
+    from kafka_assets.definitions import pipelines
+    from kafka_assets.warehouse.report import table_summary
+    from kafka_assets.warehouse.resources import PostgresResource
+
+    schema = f'we"ird {pipeline_env["WAREHOUSE_SCHEMA"]}; DROP TABLE x; --'
+    monkeypatch.setenv("WAREHOUSE_SCHEMA", schema)
+    instance = dg.DagsterInstance.ephemeral()
+    topic = dg.AssetKey(["kafka", "page_views"])
+    assert runner.materialize(instance, [topic]).success
+    producer = Producer({"bootstrap.servers": pipeline_env["KAFKA_BOOTSTRAP_SERVERS"]})
+    view = {
+        "event_id": "v-1",
+        "session_id": "s-1",
+        "user_id": "u-1",
+        "page": "/",
+        "event_time": "2026-11-24T10:00:00Z",
+    }
+    producer.produce("page_views", json.dumps(view).encode(), b"s-1")
+    producer.produce("page_views", b"not json", b"s-2")
+    producer.flush(10)
+
+    selection = [
+        dg.AssetKey(["spark", "page_views_events"]),
+        dg.AssetKey(["warehouse", "page_views"]),
+        dg.AssetKey(["warehouse", "quarantine"]),
+    ]
+    result = runner.materialize(instance, selection)
+    assert result.success
+    assert all(runner.check_results(result).values()), runner.check_results(result)
+    warehouse = PostgresResource(dsn=pipeline_env["WAREHOUSE_DSN"], schema_name=schema)
+    tables = [t.name for p in pipelines for t in p.tables]
+    summary = table_summary(warehouse, tables, ["quarantine"])
+    assert "page_views" in summary
+    with psycopg.connect(pipeline_env["WAREHOUSE_DSN"]) as conn:
+        names = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace").fetchall()]
+        assert schema in names
+        counts = conn.execute(
+            psycopg.sql.SQL("SELECT (SELECT count(*) FROM {}), (SELECT count(*) FROM {})").format(
+                psycopg.sql.Identifier(schema, "page_views"),
+                psycopg.sql.Identifier(schema, "quarantine"),
+            )
+        ).fetchone()
+    assert counts == (1, 1)

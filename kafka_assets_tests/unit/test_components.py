@@ -310,3 +310,11 @@ def test_tables_carry_a_freshness_policy_unless_the_yaml_says_null(tmp_path) -> 
     assert graph.get(key("warehouse/payment_events")).freshness_policy is None
     assert graph.get(key("warehouse/captured_per_minute")).freshness_policy is not None  # default
     assert graph.get(key("warehouse/quarantine")).freshness_policy is None  # rejects are sporadic
+
+
+def test_quarantine_names_must_be_plain_identifiers() -> None:
+    from kafka_assets.spec import QuarantineSpec
+
+    with pytest.raises(ValueError, match="quarantine table name 'q\"; drop' must be a plain"):
+        QuarantineSpec(table='q"; drop')
+    assert QuarantineSpec(table="rejects_2026").table == "rejects_2026"
