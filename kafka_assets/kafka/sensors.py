@@ -68,6 +68,30 @@ def processed_offsets(instance: dg.DagsterInstance, topics: Mapping[str, Watched
     return out
 
 
+OFFSETS_TAG = "kafka_assets/offsets"
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def behind(requested: Offsets, processed: Offsets) -> bool:
+    """Some requested offset is past what the streams processed."""
+    return any(
+        end > processed.get(topic, {}).get(p, 0)
+        for topic, parts in requested.items()
+        for p, end in parts.items()
+    )
+
+
+def runs_in_flight(instance: dg.DagsterInstance, sensor_name: str) -> bool:
+    """Whether a run this sensor launched is queued or running (one indexed run query)."""
+    filters = dg.RunsFilter(tags={"dagster/sensor_name": sensor_name}, statuses=IN_FLIGHT)
+    return bool(instance.get_run_records(filters=filters, limit=1))
+
+
 def covered(requested: Offsets, processed: Offsets) -> Offsets:
     """The further of requested and processed, per partition."""
     out: Offsets = {}
@@ -99,7 +123,12 @@ def build_offsets_sensor(
         except KafkaUnavailable as exc:
             # The cursor stays where it is: nothing is lost, and the next tick tries again.
             return dg.SkipReason(f"Kafka cluster unreachable, no offsets read: {exc}")
-        seen = covered(requested, processed_offsets(context.instance, topics))
+        processed = processed_offsets(context.instance, topics)
+        if behind(requested, processed) and not runs_in_flight(context.instance, name):
+            # Requested offsets no run is working on and none processed: their run failed or
+            # was canceled (say, the broker was down). Request them again.
+            requested = {}
+        seen = covered(requested, processed)
         fresh = new_messages(seen, ends)
         changed = [t for t in names if fresh.get(t, 0) > 0]
         missing = [t for t in names if not ends.get(t)]
@@ -123,11 +152,17 @@ def build_offsets_sensor(
             )
             for t in changed
         ]
+        tag = dump_cursor(request_offsets)[:4000]
+        earlier = context.instance.get_run_records(
+            filters=dg.RunsFilter(tags={OFFSETS_TAG: tag}), limit=100
+        )
+        if earlier:
+            run_key = f"{run_key}-retry{len(earlier)}"  # a run key is launched only once
         request = dg.RunRequest(
             run_key=run_key,
             asset_selection=selection,
             asset_check_keys=[c for t in changed for c in topics[t].checks] or None,
-            tags={"kafka_assets/offsets": dump_cursor(request_offsets)[:4000]},
+            tags={OFFSETS_TAG: tag},
         )
         # Keep partitions of unchanged topics at their old position: only what is requested moves.
         cursor = {**requested, **request_offsets}

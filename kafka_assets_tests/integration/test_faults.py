@@ -289,3 +289,49 @@ def test_postgres_stopped_mid_load_keeps_what_committed_and_a_rerun_lands_the_re
 def _metadata_value(instance, key: str, name: str):
     event = instance.get_latest_materialization_event(dg.AssetKey.from_user_string(key))
     return event.asset_materialization.metadata[name].value
+
+
+def test_a_stopped_broker_is_a_skip_and_a_named_failure_then_everything_resumes(
+    pipeline_env, tmp_path, monkeypatch
+):
+    """A broker of its own, stopped between produce and run, then started again."""
+    from kafka_assets.local.kafka_broker import KafkaBroker
+    from kafka_assets_tests.conftest import free_port
+
+    broker = KafkaBroker(tmp_path / "kafka", free_port(), free_port())
+    broker.start()
+    try:
+        env = {**pipeline_env, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
+        monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers)
+        write_dagster_yaml(Path(env["DAGSTER_HOME"]), postgres=False)
+        instance = dg.DagsterInstance.get()
+        assert runner.materialize(instance, [dg.AssetKey(["kafka", "orders"])]).success
+        sent = _produce(instance, COUNT, seed=SEED)
+        first = runner.tick(instance)
+        assert isinstance(first, dg.SensorResult)
+
+        broker.stop()
+        skip = runner.tick(instance, cursor=first.cursor)
+        assert isinstance(skip, dg.SkipReason), skip
+        assert "unreachable" in skip.skip_message
+        assert broker.bootstrap_servers in skip.skip_message
+        failed = runner.materialize(instance, [dg.AssetKey(["spark", "orders_events"])], [])
+        assert not failed.success
+        message = failed.failure_data_for_node("spark__orders_events").user_failure_data
+        assert f"Kafka at {broker.bootstrap_servers}" in message.description
+        print(f"\nbroker stopped: sensor said {skip.skip_message[:90]!r}")
+
+        broker.start()
+        resumed = runner.tick(instance, cursor=first.cursor)
+        assert isinstance(resumed, dg.SensorResult), resumed
+        (request,) = resumed.run_requests
+        assert runner.run_request(instance, request).success
+        with psycopg.connect(env["WAREHOUSE_DSN"]) as conn:
+            conn.execute(f'SET search_path TO "{env["WAREHOUSE_SCHEMA"]}"')
+            orders = dict(conn.execute("SELECT order_id, status FROM orders").fetchall())
+        assert orders == _expected([(COUNT, SEED)])[0]
+        assert sum(sent["acked"].values()) == COUNT
+        passed, per = _reconciled(instance)
+        assert passed, per
+    finally:
+        broker.stop()

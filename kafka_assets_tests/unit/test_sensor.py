@@ -1,6 +1,7 @@
 """The offsets sensor, evaluated on a sensor context with FakeKafka: requests and cursor."""
 
 import json
+import uuid
 
 import dagster as dg
 import pytest
@@ -44,17 +45,35 @@ def kafka() -> FakeKafka:
     return fake
 
 
+def launched(
+    instance: dg.DagsterInstance,
+    status: dg.DagsterRunStatus = dg.DagsterRunStatus.STARTED,
+    tags: dict[str, str] | None = None,
+) -> None:
+    """A run the sensor launched, as the daemon records it."""
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="__ASSET_JOB",
+            run_id=uuid.uuid4().hex,
+            status=status,
+            tags={"dagster/sensor_name": "kafka_offsets_sensor", **(tags or {})},
+        )
+    )
+
+
 def tick(
     kafka: FakeKafka,
     cursor: str | None,
     sensor: dg.SensorDefinition = SENSOR,
     instance: dg.DagsterInstance | None = None,
+    in_flight: bool = True,
 ):
-    context = dg.build_sensor_context(
-        instance=instance or dg.DagsterInstance.ephemeral(),
-        cursor=cursor,
-        resources={"kafka": kafka},
-    )
+    """One evaluation. With a cursor, the run its last request launched is still running unless
+    `in_flight=False` (it failed): requested offsets then count as covered."""
+    instance = instance or dg.DagsterInstance.ephemeral()
+    if cursor and in_flight:
+        launched(instance)
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka})
     return context, sensor(context)
 
 
@@ -343,3 +362,28 @@ def test_project_sensor_for_page_views(kafka: FakeKafka) -> None:
     context, skip = tick(kafka, result.cursor, kafka_offsets_sensor)
     assert isinstance(skip, dg.SkipReason)
     assert context.cursor == result.cursor
+
+
+# -- a run that failed is requested again ------------------------------------------------------
+
+
+def test_offsets_whose_run_failed_are_requested_again_under_a_new_key(kafka: FakeKafka) -> None:
+    """The broker was down, the run failed: nothing processed them, nothing is running."""
+    kafka.append("orders", 0, 3)
+    _, first = tick(kafka, None)
+    (request,) = first.run_requests
+    instance = dg.DagsterInstance.ephemeral()
+    launched(instance, dg.DagsterRunStatus.FAILURE, dict(request.tags))
+
+    _, again = tick(kafka, first.cursor, instance=instance, in_flight=False)
+
+    (retry,) = again.run_requests
+    assert retry.run_key == f"{request.run_key}-retry1"
+    assert retry.asset_selection == request.asset_selection
+
+
+def test_offsets_whose_run_is_still_running_are_not_requested_again(kafka: FakeKafka) -> None:
+    kafka.append("orders", 0, 3)
+    _, first = tick(kafka, None)
+    _, again = tick(kafka, first.cursor)  # the launched run is still in flight
+    assert isinstance(again, dg.SkipReason)
