@@ -495,3 +495,65 @@ def test_launch_from_code_beside_the_daemon_keeps_checks_evaluated(page, dagster
         expect(entry).to_contain_text("Succeeded")
     expect(page.get_by_text("Not evaluated")).to_have_count(0)
     shoot(page, "warehouse_orders_checks_after_concurrent_runs")
+
+
+REPLAY_YAML = """ops:
+  spark__orders_events:
+    config:
+      replay_from_timestamp: "{when}"
+      reason: replayed from the launchpad
+      requested_by: ui-test
+  spark__revenue_per_minute:
+    config:
+      replay_from_timestamp: "{when}"
+      reason: replayed from the launchpad
+"""
+
+
+def test_replay_from_the_launchpad_shows_what_was_replayed(page, dagster_ui):
+    """Replay orders from an hour back through the job's launchpad, as an operator would."""
+    from datetime import UTC, datetime, timedelta
+
+    instance = dagster_ui.instance
+    when = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    before = {r.run_id for r in instance.get_runs()}
+
+    page.goto(f"/locations/{LOCATION}/jobs/replay_orders/playground")
+    editor = page.locator(".CodeMirror").first
+    expect(editor).to_be_visible()
+    page.evaluate(
+        "(text) => document.querySelector('.CodeMirror').CodeMirror.setValue(text)",
+        REPLAY_YAML.format(when=when),
+    )
+    launch = page.get_by_role("button", name="Launch run")
+    expect(launch).to_be_enabled()
+    launch.click()
+
+    run = wait_for(
+        "the replay run to finish",
+        lambda: next(
+            (
+                r
+                for r in instance.get_runs()
+                if r.run_id not in before
+                and r.job_name == "replay_orders"
+                and r.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
+            ),
+            None,
+        ),
+        600,
+        dagster_ui.log,
+        interval=2,
+    )
+    assert run.status == dg.DagsterRunStatus.SUCCESS, run.run_id
+    event = instance.get_latest_materialization_event(dg.AssetKey(["spark", "orders_events"]))
+    replay = event.asset_materialization.metadata["replay"].value
+    assert replay["resolved_by"] == "offsetsForTimes"
+    assert set(replay["start_offsets"].values()) == {0}  # an hour back: the whole log
+
+    page.goto("/assets/spark/orders_events")
+    row = page.locator("tr", has_text="replay")
+    expect(row.first).to_be_visible()
+    expect(row.first).to_contain_text("replayed from the launchpad")
+    expect(row.first).to_contain_text("ui-test")
+    shoot(page, "spark_orders_events_replayed")
