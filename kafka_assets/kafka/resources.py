@@ -92,13 +92,51 @@ class KafkaResource(dg.ConfigurableResource):
             opts["kafka.ssl.truststore.location"] = self.ssl_ca_location
         return opts
 
+    def _security(self) -> str:
+        """How this client connects, for error messages: protocol and SASL mechanism."""
+        protocol = self.security_protocol or "PLAINTEXT"
+        return f"{protocol}, SASL {self.sasl_mechanism}" if self.sasl_mechanism else protocol
+
     # -- clients --------------------------------------------------------------------------
-    def admin(self):
+    def admin(self, on_error=None):
         from confluent_kafka.admin import AdminClient
 
         # Warnings and errors only: librdkafka's notices (e.g. a background queue purged when a
         # short-lived admin client closes) are not something an operator can act on.
-        return AdminClient({**self.client_config(), "log_level": 4})
+        conf: dict[str, object] = {**self.client_config(), "log_level": 4}
+        if on_error is not None:
+            conf["error_cb"] = on_error
+        return AdminClient(conf)
+
+    def _metadata(self):
+        """An admin client and the cluster's metadata. A refused login fails at once, naming the
+        mechanism; an unreachable cluster fails after `request_timeout_s`."""
+        from confluent_kafka import KafkaError, KafkaException
+
+        refused: list[str] = []
+
+        def on_error(err) -> None:
+            if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+                refused.append(err.str())
+
+        admin = self.admin(on_error)
+        waited, last = 0.0, None
+        while waited < self.request_timeout_s:
+            try:
+                return admin, admin.list_topics(timeout=1.0)
+            except KafkaException as exc:
+                last = exc
+            waited += 1.0
+            admin.poll(0)  # serves librdkafka's error callbacks
+            if refused:
+                raise KafkaUnavailable(
+                    f"Kafka at {self.bootstrap_servers} ({self._security()}) refused the login: "
+                    f"{refused[0]}"
+                )
+        raise KafkaUnavailable(
+            f"Kafka at {self.bootstrap_servers} ({self._security()}) did not answer within "
+            f"{self.request_timeout_s:.0f}s: {last.args[0] if last and last.args else last}"
+        )
 
     def producer(self, **overrides: object):
         """An idempotent producer: librdkafka leaves idempotence off unless asked (acks=all)."""
@@ -177,14 +215,7 @@ class KafkaResource(dg.ConfigurableResource):
         from confluent_kafka.admin import OffsetSpec
 
         wanted = list(topics)
-        try:
-            admin = self.admin()
-            md = admin.list_topics(timeout=self.request_timeout_s)
-        except KafkaException as exc:
-            raise KafkaUnavailable(
-                f"Kafka at {self.bootstrap_servers} did not answer within "
-                f"{self.request_timeout_s:.0f}s: {exc.args[0] if exc.args else exc}"
-            ) from exc
+        admin, md = self._metadata()
         if spec is None:
             spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()
         request = {}

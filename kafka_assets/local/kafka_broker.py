@@ -9,7 +9,7 @@ import os
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kafka_assets.local.procs import (
@@ -33,6 +33,10 @@ class KafkaBroker:
     controller_port: int = 19093
     heap: str = "768m"
     jars_dir: Path = KAFKA_JARS_DIR
+    extra_listeners: dict[str, int] = field(default_factory=dict)
+    """More listeners on loopback, {security protocol: port}, e.g. {"SASL_SSL": 19094}."""
+    properties: dict[str, str] = field(default_factory=dict)
+    """Broker settings applied last (the extra listeners' TLS and SASL settings)."""
 
     @property
     def bootstrap_servers(self) -> str:
@@ -98,6 +102,11 @@ class KafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.check.interval.ms": "30000",
         }
+        for protocol, port in self.extra_listeners.items():
+            props["listeners"] += f",{protocol}://{HOST}:{port}"
+            props["advertised.listeners"] += f",{protocol}://{HOST}:{port}"
+            props["listener.security.protocol.map"] += f",{protocol}:{protocol}"
+        props.update(self.properties)
         self.config_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.home / "log4j2.properties").write_text(
             "rootLogger.level = INFO\n"

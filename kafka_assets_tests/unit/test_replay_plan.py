@@ -125,4 +125,4 @@ def test_a_stream_fails_naming_the_bootstrap_servers_it_cannot_reach(tmp_path) -
     )
     assert not result.success
     failure = result.failure_data_for_node("spark__orders_events")
-    assert f"Kafka at {address} did not answer" in failure.user_failure_data.description
+    assert f"Kafka at {address} (PLAINTEXT) did not answer" in failure.user_failure_data.description
