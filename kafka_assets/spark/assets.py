@@ -1,6 +1,7 @@
 """Spark Structured Streaming outputs as assets: one availableNow query per materialization."""
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
@@ -89,9 +90,12 @@ def build_stream_asset(
         checkpoint = streaming.checkpoint_path(spec.name)
         timeout = streaming.lock_timeout_s
         with checkpoint_lock(checkpoint, spec.name, timeout, context.log) as waited:
+            run_spec = spec
+            if spec.prepare is not None:
+                run_spec = replace(spec, transform=spec.prepare(kafka.client_config()))
             run = run_available_now(
                 pyspark.spark_session,
-                spec,
+                run_spec,
                 kafka.spark_options(),
                 checkpoint,
                 streaming.staging_path(spec.name),
