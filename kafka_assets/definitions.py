@@ -93,27 +93,28 @@ def check_unique(pipelines: list[KafkaPipeline], cdc: list[CdcSource] = ()) -> N
         claims = [("topic", p.topic.name)]
         claims += [("stream", s.name) for s in p.streams]
         claims += [("table", t.name) for t in p.tables]
-        declared.append((f"the pipeline of topic {p.topic.name!r}", claims, p.quarantine.table))
+        declared.append((f"topic {p.topic.name!r}", claims, p.quarantine.table))
     for source in cdc:
         claims = [("connector", source.connector.name)]
         claims += [("topic", c.topic) for c in source.captured]
         claims += [("stream", c.stream.name) for c in source.captured]
         claims += [("table", c.spec.table) for c in source.captured]
-        owner = f"the CDC source of connector {source.connector.name!r}"
+        owner = f"CDC connector {source.connector.name!r}"
         declared.append((owner, claims, source.quarantine.table))
     for owner, claims, _ in declared:
         for claim in claims:
             other = owners.setdefault(claim, owner)
             if other != owner:
                 raise PipelineConflict(
-                    f"{claim[0]} {claim[1]!r} is declared by {other} and by {owner}; "
-                    "rename one of them"
+                    f"{claim[0]} {claim[1]!r} is declared by the pipelines of {other} and of "
+                    f"{owner}; rename one of them"
                 )
     for owner, _, quarantine in declared:
         other = owners.get(("table", quarantine))
         if other is not None:
             raise PipelineConflict(
-                f"quarantine table {quarantine!r} of {owner} is also a table of {other}"
+                f"quarantine table {quarantine!r} of {owner} is also a table of the pipeline of "
+                f"{other}"
             )
 
 
