@@ -98,7 +98,10 @@ def build_connector_asset(
             f"connector {name} {'created' if created else 'updated'}, RUNNING after "
             f"{running_s:.1f}s on {status.worker_id}"
         )
-        slot = source_db.slot(spec.connector.slot_name) or {}
+        try:
+            slot = source_db.wait_slot(spec.connector.slot_name, config.running_timeout_s)
+        except TimeoutError as exc:
+            raise dg.Failure(description=f"connector {name} is RUNNING but {exc}") from exc
         stored = kafka_connect.stored_config(name)
         return dg.MaterializeResult(
             metadata={
@@ -264,6 +267,13 @@ def build_mirror_checks(
         with warehouse.connect() as conn:
             live = conn.execute(mirror_columns_sql(), (target.as_string(conn),)).fetchall()
         columns = [(c, t) for c, t in live if c not in internal]
+        if source_db.slot(slot_name) is None:
+            return dg.AssetCheckResult(
+                passed=False,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=f"not compared: replication slot {slot_name} does not exist",
+                metadata={"compared": False},
+            )
         with source_db.connect() as src:
             src.execute("SET TIME ZONE 'UTC'")
             present = {
@@ -280,9 +290,9 @@ def build_mirror_checks(
             )
             with src.transaction():
                 src.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                # Read in the snapshot the counts come from: every change it shows is at or
-                # before this position.
-                lsn = src.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+                # Taken in the snapshot the counts come from: every change it shows is before
+                # this marker, so a slot past the marker has put them all in Kafka.
+                lsn = source_db.mark(src)
                 if shared:
                     src_rows, src_hash = src.execute(source_q).fetchone()
                 else:

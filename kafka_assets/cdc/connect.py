@@ -19,6 +19,8 @@ import dagster as dg
 import psycopg
 
 POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
+POSITION_MARKER = "kafka_assets"
+"""Prefix of the logical decoding messages that mark a WAL position the slot must pass."""
 PASSWORD_REFERENCE = "${env:SOURCE_CDC_PASSWORD}"
 """Resolved by the worker's `config.providers=env` (EnvVarConfigProvider)."""
 
@@ -66,6 +68,8 @@ def debezium_postgres_config(
         "decimal.handling.mode": "string",
         "datatype.propagate.source.type": r".+\.NUMERIC,.+\.DECIMAL",
         "tombstones.on.delete": "true",
+        # The position markers `SourceDatabaseResource.mark` writes are not change events.
+        "message.prefix.exclude.list": POSITION_MARKER,
         "topic.creation.default.replication.factor": "1",
         "topic.creation.default.partitions": "1",
     }
@@ -197,6 +201,49 @@ class SourceDatabaseResource(dg.ConfigurableResource):
             yield conn
         finally:
             conn.close()
+
+    @staticmethod
+    def mark(conn: psycopg.Connection) -> str:
+        """Write a position marker into the WAL and return the WAL position after it.
+
+        A slot that has confirmed this position has streamed past it: every change committed
+        before is in Kafka. Without the marker an idle source (or a connector still taking its
+        snapshot, when the slot does not move) would look caught up at once.
+        """
+        conn.execute("SELECT pg_logical_emit_message(false, %s, 'position')", (POSITION_MARKER,))
+        return conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+
+    def wait_caught_up(self, slot_name: str, timeout_s: float = 60.0) -> float:
+        """Seconds until the slot passed a position marker written now, i.e. every change
+        committed before this call is in Kafka; raises TimeoutError naming the slot."""
+        began = time.monotonic()
+        # A marker written before the slot exists would count as passed by a brand-new slot
+        # whose snapshot has not even started.
+        self.wait_slot(slot_name, timeout_s)
+        with self.connect() as conn:
+            lsn = self.mark(conn)
+            while True:
+                row = conn.execute(
+                    "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+                    " WHERE slot_name = %s",
+                    (lsn, slot_name),
+                ).fetchone()
+                if row and row[0]:
+                    return time.monotonic() - began
+                if time.monotonic() - began > timeout_s:
+                    raise TimeoutError(f"slot {slot_name} did not confirm {lsn} in {timeout_s}s")
+                time.sleep(0.25)
+
+    def wait_slot(self, slot_name: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        """The slot, once the connector's task has created it (it does so after RUNNING)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self.slot(slot_name)
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replication slot {slot_name} was not created in {timeout_s}s")
+            time.sleep(0.25)
 
     def slot(self, slot_name: str) -> dict[str, Any] | None:
         """The slot's position and lag: confirmed_flush_lsn, active, lag_bytes."""
