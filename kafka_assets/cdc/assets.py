@@ -267,11 +267,15 @@ def build_mirror_checks(
         with warehouse.connect() as conn:
             live = conn.execute(mirror_columns_sql(), (target.as_string(conn),)).fetchall()
         columns = [(c, t) for c, t in live if c not in internal]
-        if source_db.slot(slot_name) is None:
+        began = time.monotonic()
+        try:
+            # Past a fresh slot's creation and its snapshot; the marker below is the one compared.
+            source_db.wait_caught_up(slot_name, config.catch_up_wait_s)
+        except TimeoutError as exc:
             return dg.AssetCheckResult(
                 passed=False,
                 severity=dg.AssetCheckSeverity.WARN,
-                description=f"not compared: replication slot {slot_name} does not exist",
+                description=f"not compared: {exc}",
                 metadata={"compared": False},
             )
         with source_db.connect() as src:
@@ -300,7 +304,7 @@ def build_mirror_checks(
                         sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*source_name))
                     ).fetchone()[0]
                     src_hash = 0
-            deadline = time.monotonic() + config.catch_up_wait_s
+            deadline = began + 2 * config.catch_up_wait_s
             while True:
                 confirmed = src.execute(
                     "SELECT confirmed_flush_lsn >= %s::pg_lsn, confirmed_flush_lsn::text"

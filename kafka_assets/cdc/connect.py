@@ -183,7 +183,25 @@ class KafkaConnectResource(dg.ConfigurableResource):
             f"{last.state if last else 'no status'} {last.task_states if last else ''}"
         )
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, reset_offsets: bool = True, timeout_s: float = 30.0) -> None:
+        """Remove the connector; with `reset_offsets`, its source offsets too.
+
+        Connect keeps a deleted connector's offsets, so a new connector of the same name would
+        resume from them (and skip its snapshot) against a slot that may be gone. Offsets can
+        only be reset while the connector is STOPPED.
+        """
+        if self.status(name) is None:
+            return
+        if reset_offsets:
+            self.request(f"/connectors/{name}/stop", "PUT")
+            deadline = time.monotonic() + timeout_s
+            while (s := self.status(name)) is not None and s.state != "STOPPED":
+                if time.monotonic() > deadline:
+                    raise ConnectError(f"connector {name} did not stop: {s.state}")
+                time.sleep(0.25)
+            status, body = self.request(f"/connectors/{name}/offsets", "DELETE")
+            if status != 200:
+                raise ConnectError(f"DELETE /connectors/{name}/offsets answered {status}: {body}")
         self.request(f"/connectors/{name}", "DELETE")
 
 
@@ -214,25 +232,36 @@ class SourceDatabaseResource(dg.ConfigurableResource):
         return conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
 
     def wait_caught_up(self, slot_name: str, timeout_s: float = 60.0) -> float:
-        """Seconds until the slot passed a position marker written now, i.e. every change
-        committed before this call is in Kafka; raises TimeoutError naming the slot."""
+        """Seconds until the slot passed position markers written now, i.e. every change
+        committed before this call is in Kafka; raises TimeoutError naming the slot.
+
+        Two markers, one after the other: a connector creating its slot (Debezium creates it
+        again after the snapshot) puts the slot past the first marker without streaming it, and
+        its snapshot events may still be on their way to Kafka. Passing the second takes a
+        streamed and committed position, which Connect records only after the events before it
+        were written.
+        """
         began = time.monotonic()
-        # A marker written before the slot exists would count as passed by a brand-new slot
-        # whose snapshot has not even started.
         self.wait_slot(slot_name, timeout_s)
         with self.connect() as conn:
-            lsn = self.mark(conn)
-            while True:
-                row = conn.execute(
-                    "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
-                    " WHERE slot_name = %s",
-                    (lsn, slot_name),
-                ).fetchone()
-                if row and row[0]:
-                    return time.monotonic() - began
-                if time.monotonic() - began > timeout_s:
-                    raise TimeoutError(f"slot {slot_name} did not confirm {lsn} in {timeout_s}s")
-                time.sleep(0.25)
+            for _ in range(2):
+                lsn = self.mark(conn)
+                while not self.passed(conn, slot_name, lsn):
+                    if time.monotonic() - began > timeout_s:
+                        raise TimeoutError(
+                            f"slot {slot_name} did not confirm {lsn} in {timeout_s:.0f}s"
+                        )
+                    time.sleep(0.25)
+        return time.monotonic() - began
+
+    @staticmethod
+    def passed(conn: psycopg.Connection, slot_name: str, lsn: str) -> bool:
+        row = conn.execute(
+            "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+            " WHERE slot_name = %s",
+            (lsn, slot_name),
+        ).fetchone()
+        return bool(row and row[0])
 
     def wait_slot(self, slot_name: str, timeout_s: float = 60.0) -> dict[str, Any]:
         """The slot, once the connector's task has created it (it does so after RUNNING)."""

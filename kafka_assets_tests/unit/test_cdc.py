@@ -10,7 +10,11 @@ from psycopg import sql
 from pyspark.sql import types as T
 
 from kafka_assets.cdc.assets import connector_config, mirror_match_queries
-from kafka_assets.cdc.connect import PASSWORD_REFERENCE, SourceDatabaseResource
+from kafka_assets.cdc.connect import (
+    PASSWORD_REFERENCE,
+    KafkaConnectResource,
+    SourceDatabaseResource,
+)
 from kafka_assets.cdc.envelope import (
     EnvelopeSchema,
     SchemaError,
@@ -377,3 +381,66 @@ def test_a_mirror_table_cannot_be_a_pipelines_table(tmp_path) -> None:
     text = CDC_YAML.format(table="orders", delete="{mode: hard}")
     with pytest.raises(PipelineConflict, match="table 'orders'"):
         build_definitions(defs_package(tmp_path, {"other": text}, with_shop=True))
+
+
+# -- the connector asset against a fake Connect REST API ---------------------------------------
+
+
+class FakeConnect(KafkaConnectResource):
+    """Answers like Connect: the PUT config is kept; the status is what the test sets."""
+
+    task_state: str = "RUNNING"
+
+    def request(self, path, method="GET", body=None):
+        if method == "PUT" and path.endswith("/config"):
+            FakeConnect.stored = body
+            return 201, body
+        if path.endswith("/config"):
+            return 200, FakeConnect.stored
+        if path.endswith("/status"):
+            task = {"id": 0, "state": self.task_state, "worker_id": "w1:8083"}
+            if self.task_state == "FAILED":
+                task["trace"] = "org.postgresql.util.PSQLException: password authentication failed"
+            return 200, {"connector": {"state": "RUNNING", "worker_id": "w1:8083"}, "tasks": [task]}
+        return 404, None
+
+
+class FakeSource(SourceDatabaseResource):
+    def slot(self, slot_name):
+        return {"confirmed_flush_lsn": "0/1A2B3C", "active": True, "lag_bytes": 56}
+
+
+def _materialize_connector(connect: FakeConnect):
+    import dagster as dg
+
+    from kafka_assets.cdc.assets import build_connector_asset
+
+    (source,) = cdc_sources
+    asset = build_connector_asset(source, source.connector_key, [], "legacy")
+    return dg.materialize(
+        [asset],
+        resources={
+            "kafka_connect": connect,
+            "source_db": FakeSource(dsn="postgresql://admin:s3cret@db:5432/legacy"),
+        },
+        raise_on_error=False,
+    )
+
+
+def test_connector_asset_records_states_worker_and_slot_but_no_secret() -> None:
+    result = _materialize_connector(FakeConnect(url="http://connect:8083"))
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("connect__legacy_shop")
+    md = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+    assert md["connector_state"] == "RUNNING" and md["task_states"] == {"0": "RUNNING"}
+    assert md["worker_id"] == "w1:8083" and md["confirmed_flush_lsn"] == "0/1A2B3C"
+    assert md["config"]["database.password"] == "${env:SOURCE_CDC_PASSWORD}"
+    assert "s3cret" not in str(md) and FakeConnect.stored["database.password"].startswith("${env:")
+
+
+def test_a_failed_task_fails_the_asset_with_the_workers_trace() -> None:
+    result = _materialize_connector(FakeConnect(url="http://connect:8083", task_state="FAILED"))
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    text = str(failure.event_specific_data.error)
+    assert "password authentication failed" in text and "task 0 on w1:8083" in text
