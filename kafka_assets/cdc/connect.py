@@ -183,6 +183,17 @@ class KafkaConnectResource(dg.ConfigurableResource):
             f"{last.state if last else 'no status'} {last.task_states if last else ''}"
         )
 
+    def snapshot_done(self, name: str) -> bool:
+        """Connect holds a committed offset of the connector that is not a snapshot's: the
+        initial snapshot is over and its events were written before that offset was."""
+        status, body = self.request(f"/connectors/{name}/offsets")
+        if status != 200 or not isinstance(body, dict):
+            return False
+        offsets = [o.get("offset") or {} for o in body.get("offsets") or []]
+        return bool(offsets) and not any(
+            str(o.get("snapshot", "false")).lower() not in ("false", "") for o in offsets
+        )
+
     def delete(self, name: str, reset_offsets: bool = True, timeout_s: float = 30.0) -> None:
         """Remove the connector; with `reset_offsets`, its source offsets too.
 
@@ -229,7 +240,9 @@ class SourceDatabaseResource(dg.ConfigurableResource):
         snapshot, when the slot does not move) would look caught up at once.
         """
         conn.execute("SELECT pg_logical_emit_message(false, %s, 'position')", (POSITION_MARKER,))
-        return conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        # The insert position: pg_current_wal_lsn() is the *write* position, which can still be
+        # before the marker (and before the slot's start), and would be passed at once.
+        return conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
 
     def wait_caught_up(self, slot_name: str, timeout_s: float = 60.0) -> float:
         """Seconds until the slot passed position markers written now, i.e. every change

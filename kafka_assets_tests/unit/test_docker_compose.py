@@ -462,6 +462,7 @@ def test_connect_worker_resolves_the_password_from_its_environment(
     assert (
         env["SOURCE_CDC_PASSWORD"] == environment_of(services["user-code"])["SOURCE_CDC_PASSWORD"]
     )
+    assert str(env["OFFSET_FLUSH_INTERVAL_MS"]) == local["offset.flush.interval.ms"]
 
 
 def test_cdc_host_ports_match_env_example(
