@@ -50,15 +50,30 @@ INSERT INTO shop.orders (order_id, customer_id, product_id, quantity) VALUES
     (3, 3, 2, 1)
 ON CONFLICT DO NOTHING;
 
+-- Debezium's heartbeat writes here (heartbeat.action.query): a change in the publication that
+-- is not captured, so the slot's confirmed position keeps moving while the shop is idle.
+CREATE TABLE IF NOT EXISTS shop.cdc_heartbeat (
+    id integer PRIMARY KEY,
+    beat_at timestamptz NOT NULL
+);
+
 -- The replication role reads the snapshot; it owns nothing and creates no publication.
 GRANT USAGE ON SCHEMA shop TO cdc;
 GRANT SELECT ON shop.customers, shop.products, shop.orders TO cdc;
+GRANT SELECT, INSERT, UPDATE ON shop.cdc_heartbeat TO cdc;
 
 -- Created here by the tables' owner: Debezium runs with publication.autocreate.mode=disabled.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'kafka_assets_cdc') THEN
-        CREATE PUBLICATION kafka_assets_cdc FOR TABLE shop.customers, shop.products, shop.orders;
+        CREATE PUBLICATION kafka_assets_cdc
+            FOR TABLE shop.customers, shop.products, shop.orders, shop.cdc_heartbeat;
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_publication_tables
+        WHERE pubname = 'kafka_assets_cdc' AND schemaname = 'shop' AND tablename = 'cdc_heartbeat'
+    ) THEN
+        ALTER PUBLICATION kafka_assets_cdc ADD TABLE shop.cdc_heartbeat;
     END IF;
 END
 $$;

@@ -1,9 +1,10 @@
 """The one entry point: the declared pipelines, plus what cuts across them.
 
-Each pipeline is a `defs.yaml` under `kafka_assets/defs/` (see `kafka_assets.lib`). This module
-loads that folder and derives, from the pipelines it finds, the pieces no single YAML owns: the
-shared quarantine tables, the offsets sensor, the automation sensor and the resources. Adding a
-pipeline needs no edit here.
+Each pipeline, and each CDC source, is a `defs.yaml` under `kafka_assets/defs/` (see
+`kafka_assets.lib`). This module loads that folder and derives, from the components it finds, the
+pieces no single YAML owns: the shared quarantine tables, the offsets sensor (over every topic a
+stream reads, Debezium's included), the automation sensor and the resources. Adding a pipeline
+needs no edit here.
 
 Environment-specific settings arrive only through `dg.EnvVar` (see `.env.example`); nothing here
 reads the environment or opens a connection when the module is imported.
@@ -11,14 +12,16 @@ reads the environment or opens a connection when the module is imported.
 
 import warnings
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import dagster as dg
 
+from kafka_assets.cdc.connect import KafkaConnectResource, SourceDatabaseResource
 from kafka_assets.kafka.resources import KafkaResource
 from kafka_assets.kafka.sensors import WatchedTopic, build_offsets_sensor
-from kafka_assets.lib import KafkaPipeline
+from kafka_assets.lib import CdcSource, KafkaPipeline
 from kafka_assets.spark.resources import StreamingSettings, build_pyspark_resource
 from kafka_assets.spark.staging import StagingIOManager
 from kafka_assets.warehouse.assets import build_quarantine_asset
@@ -31,8 +34,42 @@ class PipelineConflict(ValueError):
     """Two declared pipelines claim the same topic, stream or table."""
 
 
-def load_pipelines(defs_module: ModuleType) -> tuple[dg.Definitions, list[KafkaPipeline]]:
-    """Every component under `defs_module`, built, and the pipelines among them."""
+@dataclass(frozen=True)
+class Feed:
+    """A topic some streams read, as the offsets sensor and the quarantine need to know it."""
+
+    topic: str
+    topic_key: dg.AssetKey
+    streams: tuple[dg.AssetKey, ...]
+    quarantine: str
+    """The quarantine table of the stream that parses the topic's messages."""
+    parser: dg.AssetKey
+    """That stream: the one whose rejects land in `quarantine`."""
+
+
+def feeds(pipelines: list[KafkaPipeline], cdc: list[CdcSource]) -> list[Feed]:
+    out = [
+        Feed(
+            p.topic.name,
+            p.topic_key,
+            tuple(s.key for s in p.streams),
+            p.quarantine.table,
+            p.events.key,
+        )
+        for p in pipelines
+    ]
+    for source in cdc:
+        out += [
+            Feed(c.topic, c.topic_key, (c.stream_key,), source.quarantine.table, c.stream_key)
+            for c in source.captured
+        ]
+    return out
+
+
+def load_pipelines(
+    defs_module: ModuleType,
+) -> tuple[dg.Definitions, list[KafkaPipeline], list[CdcSource]]:
+    """Every component under `defs_module`, built, and the pipelines and CDC sources among them."""
     package_dir = Path(defs_module.__file__).resolve().parent
     project_root = package_dir.parents[len(defs_module.__name__.split(".")) - 1]
     with warnings.catch_warnings():
@@ -41,40 +78,52 @@ def load_pipelines(defs_module: ModuleType) -> tuple[dg.Definitions, list[KafkaP
         warnings.simplefilter("ignore", dg.BetaWarning)
         warnings.simplefilter("ignore", dg.PreviewWarning)
         tree = dg.ComponentTree.from_module(defs_module=defs_module, project_root=project_root)
-        return tree.build_defs(), tree.get_all_components(of_type=KafkaPipeline)
+        return (
+            tree.build_defs(),
+            tree.get_all_components(of_type=KafkaPipeline),
+            tree.get_all_components(of_type=CdcSource),
+        )
 
 
-def check_unique(pipelines: list[KafkaPipeline]) -> None:
+def check_unique(pipelines: list[KafkaPipeline], cdc: list[CdcSource] = ()) -> None:
     """Names that must be unique across all YAML files, with both claimants in the message."""
     owners: dict[tuple[str, str], str] = {}
+    declared: list[tuple[str, list[tuple[str, str]], str]] = []
     for p in pipelines:
         claims = [("topic", p.topic.name)]
         claims += [("stream", s.name) for s in p.streams]
         claims += [("table", t.name) for t in p.tables]
+        declared.append((f"topic {p.topic.name!r}", claims, p.quarantine.table))
+    for source in cdc:
+        claims = [("connector", source.connector.name)]
+        claims += [("topic", c.topic) for c in source.captured]
+        claims += [("stream", c.stream.name) for c in source.captured]
+        claims += [("table", c.spec.table) for c in source.captured]
+        owner = f"CDC connector {source.connector.name!r}"
+        declared.append((owner, claims, source.quarantine.table))
+    for owner, claims, _ in declared:
         for claim in claims:
-            other = owners.setdefault(claim, p.topic.name)
-            if other != p.topic.name:
+            other = owners.setdefault(claim, owner)
+            if other != owner:
                 raise PipelineConflict(
-                    f"{claim[0]} {claim[1]!r} is declared by the pipelines of topic {other!r} "
-                    f"and of topic {p.topic.name!r}; rename one of them"
+                    f"{claim[0]} {claim[1]!r} is declared by the pipelines of {other} and of "
+                    f"{owner}; rename one of them"
                 )
-    for p in pipelines:
-        owner = owners.get(("table", p.quarantine.table))
-        if owner is not None:
+    for owner, _, quarantine in declared:
+        other = owners.get(("table", quarantine))
+        if other is not None:
             raise PipelineConflict(
-                f"quarantine table {p.quarantine.table!r} of topic {p.topic.name!r} is also a "
-                f"table of the pipeline of topic {owner!r}"
+                f"quarantine table {quarantine!r} of {owner} is also a table of the pipeline of "
+                f"{other}"
             )
 
 
-def quarantine_assets(
-    pipelines: list[KafkaPipeline], project: dg.Definitions
-) -> list[dg.AssetsDefinition]:
-    """One table per quarantine name, fed by the events stream of every pipeline naming it, in
-    its pipelines' group when they share one."""
-    by_name: dict[str, list[KafkaPipeline]] = defaultdict(list)
-    for p in pipelines:
-        by_name[p.quarantine.table].append(p)
+def quarantine_assets(all_feeds: list[Feed], project: dg.Definitions) -> list[dg.AssetsDefinition]:
+    """One table per quarantine name, fed by the parsing stream of every feed naming it, in
+    their group when they share one."""
+    by_name: dict[str, list[Feed]] = defaultdict(list)
+    for f in all_feeds:
+        by_name[f.quarantine].append(f)
     group_of = {
         k: g
         for a in project.assets or ()
@@ -83,24 +132,25 @@ def quarantine_assets(
     }
     out = []
     for name, members in sorted(by_name.items()):
-        groups = {group_of.get(p.events.key, "warehouse") for p in members}
+        groups = {group_of.get(f.parser, "warehouse") for f in members}
         group = groups.pop() if len(groups) == 1 else "quarantine"
         out.append(
-            build_quarantine_asset(quarantine_table(name), [p.events.key for p in members], group)
+            build_quarantine_asset(quarantine_table(name), [f.parser for f in members], group)
         )
     return out
 
 
-def sensors(pipelines: list[KafkaPipeline], graph) -> list[dg.SensorDefinition]:
-    """The offsets sensor over every declared topic, and the automation sensor, both RUNNING."""
+def sensors(all_feeds: list[Feed], graph) -> list[dg.SensorDefinition]:
+    """The offsets sensor over every topic a stream reads (declared pipelines' and Debezium's),
+    and the automation sensor, both RUNNING."""
     watched = {}
-    for p in pipelines:
-        streams = [s.key for s in p.streams]
+    for f in all_feeds:
+        streams = list(f.streams)
         # The topic too: its page then shows the end offsets each run started from.
-        targets = dg.AssetSelection.assets(p.topic_key, *streams).downstream().resolve(graph)
+        targets = dg.AssetSelection.assets(f.topic_key, *streams).downstream().resolve(graph)
         checks = {c for c in graph.asset_check_keys if c.asset_key in targets}
-        watched[p.topic.name] = WatchedTopic(
-            key=p.topic_key,
+        watched[f.topic] = WatchedTopic(
+            key=f.topic_key,
             targets=sorted(targets, key=str),
             checks=sorted(checks, key=str),
             streams=streams,
@@ -139,34 +189,52 @@ def resources() -> dict[str, object]:
         "warehouse": warehouse,
         "staging_io_manager": StagingIOManager(settings=streaming, pyspark=pyspark),
         "warehouse_io_manager": PostgresIOManager(warehouse=warehouse),
+        "kafka_connect": KafkaConnectResource(url=dg.EnvVar("CONNECT_URL")),
+        "source_db": SourceDatabaseResource(
+            dsn=dg.EnvVar("SOURCE_DSN"), cdc_user=dg.EnvVar("SOURCE_CDC_USER")
+        ),
     }
 
 
-def build_definitions(
-    defs_module: ModuleType | None = None,
-) -> tuple[dg.Definitions, list[KafkaPipeline]]:
-    """Everything for a code location, and the pipelines it was derived from.
+@dataclass(frozen=True)
+class CodeLocation:
+    defs: dg.Definitions
+    pipelines: list[KafkaPipeline]
+    cdc_sources: list[CdcSource]
+
+
+def build_code_location(defs_module: ModuleType | None = None) -> CodeLocation:
+    """Everything for a code location, and the components it was derived from.
 
     `defs_module` is this project's `kafka_assets.defs` by default; another project can pass its
-    own defs package of pipeline YAML files and get the same sensors, quarantine and resources.
+    own defs package of YAML files and get the same sensors, quarantine and resources.
     """
     if defs_module is None:
         import kafka_assets.defs as defs_module
-    project, pipelines = load_pipelines(defs_module)
-    check_unique(pipelines)
+    project, pipelines, cdc = load_pipelines(defs_module)
+    check_unique(pipelines, cdc)
+    all_feeds = feeds(pipelines, cdc)
     assets = dg.Definitions.merge(
         project,
         dg.Definitions(
-            assets=quarantine_assets(pipelines, project),
+            assets=quarantine_assets(all_feeds, project),
             resources=resources(),
             # One Spark driver per run: the multiprocess executor would start a JVM per step.
             executor=dg.in_process_executor,
         ),
     )
     graph = assets.resolve_asset_graph()
-    return dg.Definitions.merge(
-        assets, dg.Definitions(sensors=sensors(pipelines, graph))
-    ), pipelines
+    defs = dg.Definitions.merge(assets, dg.Definitions(sensors=sensors(all_feeds, graph)))
+    return CodeLocation(defs, pipelines, cdc)
 
 
-defs, pipelines = build_definitions()
+def build_definitions(
+    defs_module: ModuleType | None = None,
+) -> tuple[dg.Definitions, list[KafkaPipeline]]:
+    """The code location's definitions and its pipelines (see `build_code_location`)."""
+    location = build_code_location(defs_module)
+    return location.defs, location.pipelines
+
+
+_location = build_code_location()
+defs, pipelines, cdc_sources = _location.defs, _location.pipelines, _location.cdc_sources

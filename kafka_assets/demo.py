@@ -44,10 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(env)
     write_env_file(env)
     timings["services"] = time.monotonic() - t0
-    print(f"services   Kafka {endpoints.bootstrap_servers}, PostgreSQL ready", flush=True)
+    print(
+        f"services   Kafka {endpoints.bootstrap_servers}, PostgreSQL ready, "
+        f"Kafka Connect {endpoints.connect_url}",
+        flush=True,
+    )
 
     from kafka_assets import runner
-    from kafka_assets.definitions import defs, pipelines
+    from kafka_assets.definitions import cdc_sources, defs, pipelines
     from kafka_assets.warehouse.report import table_summary
     from kafka_assets.warehouse.resources import PostgresResource
 
@@ -83,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     timings["produce"] = time.monotonic() - stage
     print(f"produce    {sum(produced['per_topic'].values())} messages acknowledged", flush=True)
 
+    if cdc_sources:
+        stage = time.monotonic()
+        _cdc_changes(instance, env)
+        timings["cdc_connector_and_changes"] = time.monotonic() - stage
+
     stage = time.monotonic()
     tick = runner.tick(instance)
     timings["sensor_tick"] = time.monotonic() - stage
@@ -110,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     tables = [t.name for p in pipelines for t in p.tables]
     quarantines = sorted({p.quarantine.table for p in pipelines})
     print(table_summary(warehouse, tables, quarantines))
+    if cdc_sources:
+        print()
+        print(_cdc_summary(env, warehouse, checks))
     print()
     print("checks     " + ", ".join(f"{k}={'PASS' if ok else 'FAIL'}" for k, ok in checks.items()))
     print("timings    " + ", ".join(f"{k}={v:.1f}s" for k, v in timings.items()))
@@ -120,6 +132,96 @@ def main(argv: list[str] | None = None) -> int:
     print(f"           psql '{env['WAREHOUSE_DSN']}' -c 'select * from {first} limit 5'")
     print("           make demo again: only the new offsets are processed; make services-down")
     return 0 if all(checks.values()) else 1
+
+
+def _cdc_changes(instance: dg.DagsterInstance, env: dict[str, str]) -> None:
+    """The connector, then a few inserts, updates and deletes in the legacy database, and a wait
+    until Debezium has put them all in Kafka (the slot confirmed the source's WAL position)."""
+    from kafka_assets import runner
+    from kafka_assets.cdc.connect import SourceDatabaseResource
+    from kafka_assets.definitions import cdc_sources
+
+    for source in cdc_sources:
+        result = _ok(runner.materialize(instance, [source.connector_key]))
+        md = result.asset_materializations_for_node("__".join(source.connector_key.path))[0]
+        meta = md.metadata
+        print(
+            f"connector  {source.connector.name} {meta['connector_state'].value} after "
+            f"{meta['running_after_s'].value:.1f}s on {meta['worker_id'].value}, slot "
+            f"{source.connector.slot_name} at {meta['confirmed_flush_lsn'].value}",
+            flush=True,
+        )
+    db = SourceDatabaseResource(dsn=env["SOURCE_DSN"])
+    first = int(time.time()) % 1_000_000 * 10 + 1_000_000  # new ids on every demo run
+    statements = [
+        (
+            "INSERT INTO shop.customers (customer_id, email, full_name) VALUES (%s, %s, %s)",
+            [(first + i, f"demo{first + i}@example.com", f"Demo customer {i}") for i in range(3)],
+        ),
+        (
+            "UPDATE shop.customers SET full_name = full_name || ' (vip)' WHERE customer_id = %s",
+            [(first,)],
+        ),
+        ("DELETE FROM shop.customers WHERE customer_id = %s", [(first + 2,)]),
+        (
+            "INSERT INTO shop.products (product_id, sku, name, price) VALUES (%s, %s, %s, %s)",
+            [(first + i, f"DEMO-{first + i}", f"Demo product {i}", 9.99 + i) for i in range(2)],
+        ),
+        ("UPDATE shop.products SET price = price * 2 WHERE product_id = %s", [(first,)]),
+        ("DELETE FROM shop.products WHERE product_id = %s", [(first + 1,)]),
+        (
+            "INSERT INTO shop.orders (order_id, customer_id, product_id, quantity)"
+            " VALUES (%s, %s, %s, %s)",
+            [(first, first, first, 2), (first + 1, first + 1, first, 1)],
+        ),
+        ("UPDATE shop.orders SET status = 'paid' WHERE order_id = %s", [(first,)]),
+    ]
+    changes = 0
+    with db.connect() as conn:
+        for statement, rows in statements:
+            for row in rows:
+                conn.execute(statement, row)
+                changes += 1
+    waited = max(
+        db.wait_caught_up(source.connector.slot_name, timeout_s=120) for source in cdc_sources
+    )
+    print(
+        f"legacy     {changes} changes (inserts, updates, deletes) in the legacy shop; "
+        f"Debezium caught up in {waited:.1f}s",
+        flush=True,
+    )
+
+
+def _cdc_summary(env: dict[str, str], warehouse, checks: dict[str, bool]) -> str:
+    """Per mirror table: rows in the source and in the warehouse, and the equality check."""
+    from psycopg import sql
+
+    from kafka_assets.cdc.connect import SourceDatabaseResource
+    from kafka_assets.definitions import cdc_sources
+
+    db = SourceDatabaseResource(dsn=env["SOURCE_DSN"])
+    lines = []
+    with db.connect() as src, warehouse.connect() as wh:
+        for source in cdc_sources:
+            for captured in source.captured:
+                spec = captured.spec
+                src_rows = src.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(
+                        sql.Identifier(source.source.schema_name, spec.name)
+                    )
+                ).fetchone()[0]
+                query = sql.SQL("SELECT count(*) FROM {}").format(warehouse.table(spec.table))
+                if spec.delete.column:  # soft-deleted rows are not in the source any more
+                    query += sql.SQL(" WHERE NOT {}").format(sql.Identifier(spec.delete.column))
+                wh_rows = wh.execute(query).fetchone()[0]
+                key = f"{captured.mirror_key.to_user_string()}:{spec.table}_matches_source"
+                verdict = {True: "PASS", False: "FAIL", None: "not run"}[checks.get(key)]
+                lines.append(
+                    f"cdc        {source.source.schema_name}.{spec.name}: source {src_rows} rows, "
+                    f"{warehouse.schema_name}.{spec.table} {wh_rows} rows "
+                    f"({spec.delete.mode} deletes)  matches_source={verdict}"
+                )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

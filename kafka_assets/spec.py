@@ -387,3 +387,130 @@ class PipelineSpec(dg.Model):
                             "field (it is part of the primary key)"
                         )
         return self
+
+
+# -- change data capture ---------------------------------------------------------------------------
+
+CDC_COLUMNS = ("_cdc_lsn", "_cdc_partition", "_cdc_offset", "_cdc_op", "_cdc_ts_ms")
+"""Every mirror row carries the source position of the change it came from."""
+
+
+class ConnectorSpec(dg.Model):
+    """A Debezium PostgreSQL connector in Kafka Connect, reading through an existing publication."""
+
+    name: str
+    """The connector's name in Kafka Connect."""
+    topic_prefix: str
+    """Topics are `<topic_prefix>.<schema>.<table>`, created by the Connect worker."""
+    slot_name: str
+    """The logical replication slot; it outlives the connector and holds WAL until dropped."""
+    publication: str
+    heartbeat_table: str | None = None
+    """`schema.table` in the publication that Debezium's heartbeat updates, so the slot's
+    confirmed position advances while the captured tables are idle."""
+    heartbeat_interval_ms: int = 1000
+    settings: dict[str, str] = {}
+    """More Debezium settings, passed through (never a password: it comes from the worker's
+    environment through `${env:SOURCE_CDC_PASSWORD}`)."""
+
+    @model_validator(mode="after")
+    def _valid(self) -> "ConnectorSpec":
+        if not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
+            raise ValueError(f"connector.name {self.name!r}: letters, digits, '_', '.', '-'")
+        if not _TOPIC.match(self.topic_prefix):
+            raise ValueError(f"connector.topic_prefix {self.topic_prefix!r} is not a topic name")
+        if not re.match(r"^[a-z0-9_]{1,63}$", self.slot_name):
+            raise ValueError(
+                f"connector.slot_name {self.slot_name!r}: PostgreSQL slot names are lower-case "
+                "letters, digits and '_' (at most 63)"
+            )
+        if not _IDENT.match(self.publication):
+            raise ValueError(f"connector.publication {self.publication!r} must be an identifier")
+        if self.heartbeat_table is not None and not re.match(
+            r"^[A-Za-z_]\w*\.[A-Za-z_]\w*$", self.heartbeat_table
+        ):
+            raise ValueError(
+                f"connector.heartbeat_table {self.heartbeat_table!r} must be `schema.table`"
+            )
+        if self.heartbeat_interval_ms < 100:
+            raise ValueError("connector.heartbeat_interval_ms must be at least 100")
+        secret = [k for k in self.settings if "password" in k.lower()]
+        if secret:
+            raise ValueError(
+                f"connector.settings {secret}: a password never goes in YAML; the connector "
+                "reads it from the worker's environment"
+            )
+        return self
+
+
+class DeleteSpec(dg.Model):
+    mode: Literal["hard", "soft"] = "hard"
+    """hard: the mirror row is deleted; soft: it stays, with `column` set true."""
+    column: str | None = None
+    """soft: the boolean column marking a deleted row, e.g. `_deleted`."""
+
+    @model_validator(mode="after")
+    def _column(self) -> "DeleteSpec":
+        if self.mode == "soft" and not self.column:
+            raise ValueError("delete.column is required for mode soft, e.g. `_deleted`")
+        if self.mode == "hard" and self.column:
+            raise ValueError("delete.column is only for mode soft")
+        if self.column and not _IDENT.match(self.column):
+            raise ValueError(f"delete.column {self.column!r} must be a plain identifier")
+        if self.column in CDC_COLUMNS:
+            raise ValueError(f"delete.column {self.column!r} is reserved")
+        return self
+
+
+class MirrorSpec(dg.Model):
+    """One source table and the warehouse table that mirrors it."""
+
+    name: str
+    """The source table, in `source.schema`."""
+    table: str
+    """The warehouse table; unique across all YAML files."""
+    delete: DeleteSpec = DeleteSpec()
+    freshness: FreshnessSpec | None = None
+
+    @model_validator(mode="after")
+    def _names(self) -> "MirrorSpec":
+        for what in ("name", "table"):
+            if not _IDENT.match(getattr(self, what)):
+                raise ValueError(f"tables.{what} {getattr(self, what)!r} must be an identifier")
+        return self
+
+
+class SourceDatabaseSpec(dg.Model):
+    database: str = "legacy"
+    """The first part of the source tables' asset keys (the connection is SOURCE_DSN)."""
+    schema_name: str = "shop"
+
+    @model_validator(mode="after")
+    def _names(self) -> "SourceDatabaseSpec":
+        for what in ("database", "schema_name"):
+            if not _IDENT.match(getattr(self, what)):
+                raise ValueError(f"source.{what} {getattr(self, what)!r} must be an identifier")
+        return self
+
+
+class CdcSourceSpec(dg.Model):
+    """A legacy PostgreSQL's tables, captured by Debezium and mirrored in the warehouse."""
+
+    connector: ConnectorSpec
+    source: SourceDatabaseSpec = SourceDatabaseSpec()
+    tables: list[MirrorSpec]
+    quarantine: QuarantineSpec = QuarantineSpec()
+    """Changes that do not parse land here with their position and the reason."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> "CdcSourceSpec":
+        if not self.tables:
+            raise ValueError("tables must list at least one source table")
+        for attr in ("name", "table"):
+            names = [getattr(t, attr) for t in self.tables]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"tables.{attr} {dupes} declared twice")
+        if self.quarantine.table in {t.table for t in self.tables}:
+            raise ValueError(f"quarantine.table {self.quarantine.table!r} is also a mirror table")
+        return self

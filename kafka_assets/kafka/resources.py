@@ -5,6 +5,7 @@ in through `dg.EnvVar`. Clients are built per call: nothing connects at import o
 """
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -228,14 +229,20 @@ class KafkaResource(dg.ConfigurableResource):
                 request[TopicPartition(topic, p)] = spec
         if not request:
             return result
-        futures = admin.list_offsets(request, request_timeout=self.request_timeout_s)
-        try:
-            for tp, fut in futures.items():
-                result[tp.topic][tp.partition] = fut.result().offset
-        except KafkaException as exc:
-            raise KafkaUnavailable(
-                f"Kafka at {self.bootstrap_servers}: listing offsets failed: {exc}"
-            ) from exc
+        for attempt in range(5):
+            futures = admin.list_offsets(request, request_timeout=self.request_timeout_s)
+            try:
+                for tp, fut in futures.items():
+                    result[tp.topic][tp.partition] = fut.result().offset
+                return result
+            except KafkaException as exc:
+                # A leader moving (a new topic, a broker restart) is retriable: ask again.
+                if exc.args and _leader_moving(exc.args[0]) and attempt < 4:
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                raise KafkaUnavailable(
+                    f"Kafka at {self.bootstrap_servers}: listing offsets failed: {exc}"
+                ) from exc
         return result
 
     def describe_topic(self, name: str) -> TopicState | None:
@@ -268,6 +275,22 @@ class KafkaResource(dg.ConfigurableResource):
             request_timeout=self.request_timeout_s,
         )
         futures[name].result()
+        self._wait_for_leaders(admin, name)
+
+    def _wait_for_leaders(self, admin, name: str) -> None:
+        """A created topic answers offset requests only once every partition has a leader:
+        before that the broker says NOT_LEADER_OR_FOLLOWER."""
+        deadline = time.monotonic() + self.request_timeout_s
+        while time.monotonic() < deadline:
+            tmd = admin.list_topics(name, timeout=self.request_timeout_s).topics.get(name)
+            if (
+                tmd is not None
+                and tmd.error is None
+                and tmd.partitions
+                and all(p.leader >= 0 and p.error is None for p in tmd.partitions.values())
+            ):
+                return
+            time.sleep(0.1)
 
     def add_partitions(self, name: str, total: int) -> None:
         from confluent_kafka.admin import NewPartitions
@@ -349,6 +372,16 @@ class KafkaResource(dg.ConfigurableResource):
             partitions_extra=max(0, state.partitions - partitions),
             config_changed=changed,
         )
+
+
+def _leader_moving(err) -> bool:
+    from confluent_kafka import KafkaError
+
+    return err.retriable() or err.code() in (
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    )
 
 
 def _policy(value: str) -> frozenset[str]:

@@ -6,11 +6,12 @@ as soon as the JVM runs, so `LocalServices.up()` can start PostgreSQL while the 
 """
 
 import json
+import os
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ JSON_CONVERTER = "org.apache.kafka.connect.json.JsonConverter"
 # The worker's own topics: a prefix no user topic starts with (and tests' topic clean-up skips).
 INTERNAL_TOPIC_PREFIX = "_kafka_assets_connect_"
 REQUIRED_PLUGIN = "io.debezium.connector.postgresql.PostgresConnector"
+ENV_CONFIG_PROVIDER = "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
 
 
 def connect_request(
@@ -58,6 +60,8 @@ class ConnectWorker:
     heap: str = "512m"
     jars_dir: Path = CONNECT_JARS_DIR
     plugins_dir: Path = CONNECT_PLUGINS_DIR
+    environment: dict[str, str] = field(default_factory=dict, repr=False)
+    """Added to the JVM's environment: the secrets connector configs name as `${env:...}`."""
 
     @property
     def url(self) -> str:
@@ -107,6 +111,10 @@ class ConnectWorker:
             # reflective classpath scan saves ~10 s of start-up.
             "plugin.discovery": "service_load",
             "topic.creation.enable": "true",
+            # `${env:NAME}` in a connector config is resolved from this worker's environment,
+            # so secrets never sit in the config topic or in a REST answer.
+            "config.providers": "env",
+            "config.providers.env.class": ENV_CONFIG_PROVIDER,
         }
 
     def _write_config(self) -> None:
@@ -166,6 +174,7 @@ class ConnectWorker:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 cwd=self.home,
+                env={**os.environ, **self.environment},
             )
         finally:
             log.close()

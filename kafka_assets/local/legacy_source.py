@@ -6,8 +6,9 @@ come from docker/source-db-init.sql, which the compose stack's source-db runs as
 """
 
 from collections.abc import Mapping
-from urllib.parse import unquote, urlsplit
 
+from kafka_assets.cdc import connect
+from kafka_assets.cdc.connect import POSTGRES_CONNECTOR  # noqa: F401 - re-exported
 from kafka_assets.local.postgres import LocalPostgres
 from kafka_assets.paths import SOURCE_INIT_SQL
 
@@ -17,7 +18,6 @@ TABLES = ("customers", "products", "orders")
 PUBLICATION = "kafka_assets_cdc"
 # The role docker/source-db-init.sql grants to, and docker/source-db-role.sh creates.
 CDC_USER = "cdc"
-POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
 
 # pgoutput needs wal_level=logical; each connector holds one WAL sender and one slot.
 SERVER_SETTINGS = {
@@ -62,35 +62,15 @@ def debezium_postgres_config(
     tables: tuple[str, ...] = TABLES,
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """A Debezium PostgreSQL connector reading `tables` through an existing publication.
-
-    The connection's host, port and database come from SOURCE_DSN; the login is the replication
-    role's. Topics are `<topic_prefix>.shop.<table>`, created by the worker with one replica
-    because the broker does not auto-create topics.
-    """
-    url = urlsplit(source_dsn)
-    if not url.hostname or not url.path.strip("/"):
-        raise ValueError("SOURCE_DSN must name a host and a database")
-    config = {
-        "connector.class": POSTGRES_CONNECTOR,
-        "tasks.max": "1",
-        "plugin.name": "pgoutput",
-        "database.hostname": url.hostname,
-        "database.port": str(url.port or 5432),
-        "database.dbname": unquote(url.path.strip("/")),
-        "database.user": user,
-        "database.password": password,
-        "topic.prefix": topic_prefix,
-        "slot.name": slot_name,
-        "publication.name": publication,
-        "publication.autocreate.mode": "disabled",
-        "table.include.list": ",".join(f"{SCHEMA}.{table}" for table in tables),
-        "snapshot.mode": "initial",
-        # Exact decimals as strings: the default (bytes) is unreadable without the schema.
-        "decimal.handling.mode": "string",
-        "tombstones.on.delete": "true",
-        "topic.creation.default.replication.factor": "1",
-        "topic.creation.default.partitions": "1",
-    }
-    config.update(extra or {})
-    return config
+    """The legacy shop's connector config (see `kafka_assets.cdc.connect`), schema `shop`."""
+    return connect.debezium_postgres_config(
+        source_dsn,
+        user=user,
+        password=password,
+        topic_prefix=topic_prefix,
+        slot_name=slot_name,
+        publication=publication,
+        schema=SCHEMA,
+        tables=tables,
+        extra=extra,
+    )

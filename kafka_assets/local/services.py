@@ -111,6 +111,7 @@ class LocalServices:
             or self.environ.get("KAFKA_BOOTSTRAP_SERVERS")
             or self.broker.bootstrap_servers,
             self.connect_port,
+            environment={"SOURCE_CDC_PASSWORD": self.source_cdc_password},
         )
 
     def up(self) -> Endpoints:

@@ -1,6 +1,7 @@
 """Spark Structured Streaming outputs as assets: one availableNow query per materialization."""
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
@@ -105,9 +106,13 @@ def build_stream_asset(
                 set_aside_to = set_aside(checkpoint, "replaced") if plan.new_query else None
                 if plan.lost:
                     context.log.warning(f"{spec.name}: continuing past lost offsets {plan.lost}")
+                run_spec = spec
+                if spec.prepare is not None:
+                    # Parsing decided at run time, e.g. from the schema in the newest messages.
+                    run_spec = replace(spec, transform=spec.prepare(kafka.client_config()))
                 run = run_available_now(
                     pyspark.spark_session,
-                    spec,
+                    run_spec,
                     kafka.spark_options(),
                     checkpoint,
                     streaming.staging_path(spec.name),

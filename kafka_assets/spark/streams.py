@@ -11,7 +11,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,10 @@ class StreamSpec:
     transform: Transform
     output_mode: str
     description: str
+    prepare: Callable[[Mapping[str, str]], Transform] | None = None
+    """For a transform that must look at the topic before the query starts (CDC: the schema of
+    the newest change events); called with the librdkafka client settings, its result replaces
+    `transform` for that run."""
 
 
 @dataclass

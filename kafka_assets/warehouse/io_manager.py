@@ -10,7 +10,8 @@ the asset key.
 import io
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -18,9 +19,11 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
+from pyspark.sql import DataFrame
 
 from kafka_assets.faults import fault_point, ledger_broken
 from kafka_assets.spark.staging import StagedBatch, StagedStream, newest_message_time
+from kafka_assets.warehouse import mirror
 from kafka_assets.warehouse.resources import PostgresResource
 from kafka_assets.warehouse.tables import LEDGER, Table
 
@@ -36,6 +39,25 @@ class TableLoad:
     sources: tuple[StagedStream, ...]
 
 
+@dataclass(frozen=True)
+class MirrorLoad:
+    """A mirror table's output: the staged change events that belong in `name`.
+
+    `rows` turns a staged batch into (rows, key columns, [(column, PostgreSQL type)]): the
+    columns come from the events, so a column added in the source arrives with its batch.
+    """
+
+    name: str
+    source: StagedStream
+    rows: Callable[[DataFrame], tuple[DataFrame, list[str], list[tuple[str, str]]]]
+    delete_mode: str = "hard"
+    delete_column: str | None = None
+
+
+class MirrorSchemaError(RuntimeError):
+    """A change event's column does not fit the mirror table; the message names both."""
+
+
 @dataclass
 class LoadStats:
     batches_loaded: int = 0
@@ -46,6 +68,7 @@ class LoadStats:
     newest_message: datetime | None = None
     """The newest Kafka timestamp among the batches this load committed."""
     loaded_at: datetime | None = None
+    columns_added: list[str] = field(default_factory=list)
 
 
 def _ident_list(names: list[str] | tuple[str, ...]) -> sql.Composed:
@@ -132,12 +155,69 @@ def loaded_batches(conn, warehouse: PostgresResource, table: str) -> set[tuple[s
     return {(q, int(b)) for q, b in rows}
 
 
+def batch_recorded(cur, warehouse: PostgresResource, table: str, batch: StagedBatch) -> bool:
+    """Re-checked inside the batch's transaction, under the table's advisory lock."""
+    cur.execute(
+        sql.SQL(
+            "SELECT 1 FROM {} WHERE target_table = %s AND query_id = %s AND batch_id = %s"
+        ).format(warehouse.table(LEDGER)),
+        (table, batch.query_id, batch.batch_id),
+    )
+    return cur.fetchone() is not None
+
+
+def record_batch(
+    cur,
+    warehouse: PostgresResource,
+    table: str,
+    stream: str,
+    batch: StagedBatch,
+    rows: tuple[int, int],
+    offsets: dict | None,
+    run_id: str,
+) -> None:
+    """The ledger row of a loaded batch, written in the same transaction as its rows."""
+    if ledger_broken():
+        return  # the fault suite's control: its checks must catch this
+    cur.execute(
+        sql.SQL(
+            "INSERT INTO {} (target_table, stream, query_id, batch_id, rows_in,"
+            " rows_written, offsets, run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        ).format(warehouse.table(LEDGER)),
+        (
+            table,
+            stream,
+            batch.query_id,
+            batch.batch_id,
+            rows[0],
+            rows[1],
+            json.dumps(offsets) if offsets is not None else None,
+            run_id,
+        ),
+    )
+
+
+def batch_offsets(cur, incoming: sql.Composable, part: str, off: str) -> dict[str, list[int]]:
+    """Per partition: [first offset, last offset, rows] of a batch in its temp table."""
+    p, o = sql.Identifier(part), sql.Identifier(off)
+    cur.execute(
+        sql.SQL("SELECT {p}, min({o}), max({o}), count(*) FROM {i} GROUP BY {p}").format(
+            p=p, o=o, i=incoming
+        )
+    )
+    return {str(p): [lo, hi, n] for p, lo, hi, n in cur.fetchall()}
+
+
 class PostgresIOManager(dg.ConfigurableIOManager):
     """Loads staged batches into `<schema>.<declared table>`; see the module docstring."""
 
     warehouse: PostgresResource
 
-    def handle_output(self, context: dg.OutputContext, obj: TableLoad) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: TableLoad | MirrorLoad) -> None:
+        if isinstance(obj, MirrorLoad):
+            stats = self._load_mirror(context, obj)
+            context.add_output_metadata(self._mirror_metadata(obj, stats))
+            return
         if not isinstance(obj, TableLoad):
             raise TypeError(
                 f"{context.asset_key.to_user_string()}: the warehouse IO manager stores a "
@@ -202,17 +282,10 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         data = source.read(batch).select(*spec.column_names).toArrow()
         target = self.warehouse.table(spec.name)
         incoming = sql.Identifier(f"_incoming_{spec.name}")
-        ledger = self.warehouse.table(LEDGER)
         with conn.transaction(), conn.cursor() as cur:
             # Serialises loaders of one table; the ledger re-check below makes a race harmless.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (spec.name,))
-            cur.execute(
-                sql.SQL(
-                    "SELECT 1 FROM {} WHERE target_table = %s AND query_id = %s AND batch_id = %s"
-                ).format(ledger),
-                (spec.name, batch.query_id, batch.batch_id),
-            )
-            if cur.fetchone():
+            if batch_recorded(cur, self.warehouse, spec.name, batch):
                 return -1, 0
             cur.execute(
                 sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
@@ -223,34 +296,135 @@ class PostgresIOManager(dg.ConfigurableIOManager):
             fault_point("load.after_copy")
             offsets = None
             if spec.offset_columns:
-                part, off = (sql.Identifier(c) for c in spec.offset_columns)
-                cur.execute(
-                    sql.SQL(
-                        "SELECT {p}, min({o}), max({o}), count(*) FROM {i} GROUP BY {p}"
-                    ).format(p=part, o=off, i=incoming)
-                )
-                offsets = {str(p): [lo, hi, n] for p, lo, hi, n in cur.fetchall()}
+                offsets = batch_offsets(cur, incoming, *spec.offset_columns)
             cur.execute(upsert_sql(spec, target, incoming))
             rows_written = max(cur.rowcount, 0)
-            if ledger_broken():
-                return rows_in, rows_written
-            cur.execute(
-                sql.SQL(
-                    "INSERT INTO {} (target_table, stream, query_id, batch_id, rows_in,"
-                    " rows_written, offsets, run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                ).format(ledger),
-                (
-                    spec.name,
-                    source.stream,
-                    batch.query_id,
-                    batch.batch_id,
-                    rows_in,
-                    rows_written,
-                    json.dumps(offsets) if offsets is not None else None,
-                    run_id,
-                ),
+            record_batch(
+                cur,
+                self.warehouse,
+                spec.name,
+                source.stream,
+                batch,
+                (rows_in, rows_written),
+                offsets,
+                run_id,
             )
         return rows_in, rows_written
+
+    # -- change events into a mirror table -----------------------------------------------------
+    def _load_mirror(self, context: dg.OutputContext, load: MirrorLoad) -> LoadStats:
+        stats = LoadStats()
+        began = time.monotonic()
+        with self.warehouse.connect(autocommit=True) as conn:
+            ensure_ledger(conn, self.warehouse)
+            done = loaded_batches(conn, self.warehouse, load.name)
+            for batch in load.source.batches:
+                if (batch.query_id, batch.batch_id) in done:
+                    stats.batches_skipped += 1
+                    continue
+                rows, keys, columns = load.rows(load.source.read(batch))
+                data = rows.toArrow()
+                rows_in, rows_written = self._load_mirror_batch(
+                    conn, load, batch, keys, columns, data, context.run_id, stats
+                )
+                if rows_in < 0:
+                    stats.batches_skipped += 1
+                    continue
+                stats.batches_loaded += 1
+                stats.rows_in += rows_in
+                stats.rows_written += rows_written
+                newest = newest_message_time(batch)
+                if newest and (stats.newest_message is None or newest > stats.newest_message):
+                    stats.newest_message = newest
+        stats.seconds = time.monotonic() - began
+        stats.loaded_at = datetime.now(UTC)
+        return stats
+
+    def _load_mirror_batch(
+        self, conn, load: MirrorLoad, batch, keys, columns, data: pa.Table, run_id, stats
+    ) -> tuple[int, int]:
+        """One batch of changes, one transaction: new columns, the changes, the ledger row."""
+        target = self.warehouse.table(load.name)
+        if data.num_rows and not keys:
+            raise MirrorSchemaError(
+                f"{load.name}: the change events carry no key (a source table without a primary "
+                "key?); a mirror needs one to apply updates and deletes"
+            )
+        table = mirror.MirrorTable(
+            load.name, tuple(keys), tuple(columns), load.delete_mode, load.delete_column
+        )
+        incoming = sql.Identifier(f"_incoming_{load.name}")
+        latest = sql.Identifier(f"_latest_{load.name}")
+        written = 0
+        offsets = None
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (load.name,))
+            if batch_recorded(cur, self.warehouse, load.name, batch):
+                return -1, 0
+            if data.num_rows:
+                cur.execute(mirror.create_mirror_sql(table, target))
+                tombstones = self.warehouse.table(table.tombstones)
+                if table.delete_mode == "hard":
+                    cur.execute(mirror.create_tombstones_sql(table, tombstones))
+                live = dict(
+                    cur.execute(mirror.mirror_columns_sql(), (target.as_string(conn),)).fetchall()
+                )
+                for name, pg_type in columns:
+                    have = live.get(name)
+                    if have is None:
+                        # A column added in the source: added here before its first values load.
+                        cur.execute(mirror.add_column_sql(target, name, pg_type))
+                        stats.columns_added.append(name)
+                    elif have != pg_type:
+                        raise MirrorSchemaError(
+                            f"{self.warehouse.schema_name}.{load.name}: column {name!r} is "
+                            f"{have} in the warehouse, but the source now sends {pg_type}; "
+                            "alter the mirror column by hand (the batch stays staged)"
+                        )
+                cur.execute(mirror.create_incoming_sql(table, incoming))
+                copy_arrow(cur, incoming, table.incoming_columns, data)
+                offsets = batch_offsets(cur, incoming, mirror.PARTITION, mirror.OFFSET)
+                cur.execute(mirror.latest_sql(table, incoming, latest))
+                for statement in mirror.apply_sql(table, target, latest, tombstones):
+                    cur.execute(statement)
+                    written += max(cur.rowcount, 0)
+            record_batch(
+                cur,
+                self.warehouse,
+                load.name,
+                load.source.stream,
+                batch,
+                (data.num_rows, written),
+                offsets,
+                run_id,
+            )
+        return data.num_rows, written
+
+    def _mirror_metadata(self, load: MirrorLoad, stats: LoadStats) -> dict[str, object]:
+        target = self.warehouse.table(load.name)
+        with self.warehouse.connect() as conn:
+            live = conn.execute(mirror.mirror_columns_sql(), (target.as_string(conn),)).fetchall()
+            rows = (
+                conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()[0]
+                if live
+                else 0
+            )
+        meta: dict[str, object] = {
+            "dagster/row_count": rows,
+            "dagster/table_name": f"{self.warehouse.schema_name}.{load.name}",
+            "batches_loaded": stats.batches_loaded,
+            "batches_skipped": stats.batches_skipped,
+            "changes_in": stats.rows_in,
+            "rows_written": stats.rows_written,
+            "load_seconds": round(stats.seconds, 3),
+            "changes_per_s": round(stats.rows_in / stats.seconds, 1) if stats.seconds else 0.0,
+            "columns_added": dg.MetadataValue.json(stats.columns_added),
+        }
+        if live:
+            meta["dagster/column_schema"] = dg.TableSchema(
+                columns=[dg.TableColumn(n, t) for n, t in live]
+            )
+        return meta
 
     # -- metadata --------------------------------------------------------------------------------
     def _metadata(self, spec: Table, stats: LoadStats) -> dict[str, object]:

@@ -38,9 +38,9 @@ def with_payments(tmp_path_factory):
     return build_definitions(package)
 
 
-def test_one_yaml_file_adds_topic_stream_and_tables(with_payments) -> None:
+def test_one_yaml_file_adds_topic_stream_and_tables(with_payments, tmp_path) -> None:
     defs, pipelines = with_payments
-    shop, _ = build_definitions()
+    shop, _ = build_definitions(defs_package(tmp_path, {}, with_shop=True))
 
     assert {p.topic.name for p in pipelines} == {"orders", "page_views", "payments"}
     added = edges(defs) - edges(shop)

@@ -41,6 +41,29 @@ ASSETS = {
     },
 }
 
+# The legacy shop captured by Debezium (kafka_assets/defs/legacy/cdc/defs.yaml), group `legacy`.
+LEGACY_TABLES = ("customers", "products", "orders")
+LEGACY = {
+    "source": {f"legacy/shop/{t}" for t in LEGACY_TABLES},
+    "connect": {"connect/legacy_shop"},
+    "kafka": {f"kafka/legacy.shop.{t}" for t in LEGACY_TABLES},
+    "spark": {f"spark/legacy_{t}_changes" for t in LEGACY_TABLES},
+    "warehouse": {f"warehouse/legacy_{t}" for t in LEGACY_TABLES} | {"warehouse/legacy_quarantine"},
+}
+# Lineage starts at the legacy table: table -> connector -> topic -> stream -> mirror table.
+LEGACY_EDGES = (
+    {(f"legacy/shop/{t}", "connect/legacy_shop") for t in LEGACY_TABLES}
+    | {("connect/legacy_shop", f"kafka/legacy.shop.{t}") for t in LEGACY_TABLES}
+    | {(f"kafka/legacy.shop.{t}", f"spark/legacy_{t}_changes") for t in LEGACY_TABLES}
+    | {(f"spark/legacy_{t}_changes", f"warehouse/legacy_{t}") for t in LEGACY_TABLES}
+    | {(f"spark/legacy_{t}_changes", "warehouse/legacy_quarantine") for t in LEGACY_TABLES}
+)
+LEGACY_CHECKS = {
+    dg.AssetCheckKey(key(f"warehouse/legacy_{t}"), f"legacy_{t}_{name}")
+    for t in LEGACY_TABLES
+    for name in ("matches_source", "replication_lag")
+}
+
 # parent -> child. The producer writes the topics, so it is drawn upstream of them.
 EDGES = {
     ("kafka/shop_events", "kafka/orders"),
@@ -69,7 +92,7 @@ CHECKS = {
     dg.AssetCheckKey(key("kafka/page_views"), "unread_not_deleted"),
 }
 # What the sensor requests with a topic's new offsets: the topic's checks and its readers'.
-REQUESTED_CHECKS = CHECKS
+REQUESTED_CHECKS = CHECKS | LEGACY_CHECKS
 
 # Each topic's own asset is in its runs too: re-described, its page shows the run's end offsets.
 SENSOR_TARGETS = {
@@ -90,6 +113,19 @@ SENSOR_TARGETS = {
         "warehouse/page_view_counts",
     ),
 }
+# A CDC topic's new offsets request its stream, its mirror table and the CDC quarantine: never
+# the connector (it is materialized once, by hand or by the demo).
+SENSOR_TARGETS.update(
+    {
+        f"legacy.shop.{t}": keys(
+            f"kafka/legacy.shop.{t}",
+            f"spark/legacy_{t}_changes",
+            f"warehouse/legacy_{t}",
+            "warehouse/legacy_quarantine",
+        )
+        for t in LEGACY_TABLES
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +139,7 @@ def test_definitions_load() -> None:
 
 
 def test_asset_keys(graph) -> None:
-    expected = {key(p) for paths in ASSETS.values() for p in paths}
+    expected = {key(p) for paths in [*ASSETS.values(), *LEGACY.values()] for p in paths}
     assert set(graph.get_all_asset_keys()) == expected
     assert set(defs.resolve_all_asset_keys()) == expected
 
@@ -114,14 +150,29 @@ def test_dependency_edges(graph) -> None:
         for parent in graph.get_all_asset_keys()
         for child in graph.get(parent).child_keys
     }
-    assert edges == EDGES
+    assert edges == EDGES | LEGACY_EDGES
     # The same graph read from the other side.
     parents = {
         (parent.to_user_string(), child.to_user_string())
         for child in graph.get_all_asset_keys()
         for parent in graph.get(child).parent_keys
     }
-    assert parents == EDGES
+    assert parents == EDGES | LEGACY_EDGES
+
+
+def test_mirror_lineage_starts_at_the_legacy_table(graph) -> None:
+    for t in LEGACY_TABLES:
+        seen, frontier = set(), {key(f"warehouse/legacy_{t}")}
+        while frontier:
+            frontier = {p for k in frontier for p in graph.get(k).parent_keys} - seen
+            seen |= frontier
+        assert seen == keys(
+            f"spark/legacy_{t}_changes",
+            f"kafka/legacy.shop.{t}",
+            "connect/legacy_shop",
+            *LEGACY["source"],
+        )
+        assert graph.get(key(f"legacy/shop/{t}")).is_external
 
 
 def test_every_table_is_fed_from_a_topic(graph) -> None:
@@ -138,10 +189,13 @@ def test_one_group_per_domain_folder(graph) -> None:
     for paths in ASSETS.values():
         for path in paths:
             assert graph.get(key(path)).group_name == "shop", path
+    for paths in LEGACY.values():
+        for path in paths:
+            assert graph.get(key(path)).group_name == "legacy", path
 
 
 def test_only_warehouse_assets_follow_their_streams_automatically(graph) -> None:
-    for group, paths in ASSETS.items():
+    for group, paths in [*ASSETS.items(), *LEGACY.items()]:
         for path in paths:
             condition = graph.get(key(path)).automation_condition
             if group == "warehouse":
@@ -151,7 +205,7 @@ def test_only_warehouse_assets_follow_their_streams_automatically(graph) -> None
 
 
 def test_asset_checks(graph) -> None:
-    assert set(graph.asset_check_keys) == CHECKS
+    assert set(graph.asset_check_keys) == CHECKS | LEGACY_CHECKS
 
 
 def test_sensor_targets_downstream_of_each_topic() -> None:
@@ -163,12 +217,13 @@ def test_sensor_targets_downstream_of_each_topic() -> None:
     assert set(job.asset_layer.executable_asset_keys) == set().union(*SENSOR_TARGETS.values())
 
 
-@pytest.mark.parametrize("topic", ["orders", "page_views"])
+@pytest.mark.parametrize("topic", ["orders", "page_views", "legacy.shop.customers"])
 def test_sensor_run_request_resolves_to_a_job_subset(topic: str) -> None:
     """What the daemon does with a request: subset the sensor's job, checks included."""
     kafka = FakeKafka()
     kafka.create("orders", 1)
     kafka.create("page_views", 1)
+    kafka.create("legacy.shop.customers", 1)
     kafka.append(topic, 0, 1)
     context = dg.build_sensor_context(
         instance=dg.DagsterInstance.ephemeral(), resources={"kafka": kafka}, definitions=defs
@@ -194,7 +249,7 @@ def test_automation_sensor_runs_by_default() -> None:
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     graph = defs.resolve_asset_graph()
     automated = {k for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
-    assert automated == keys(*ASSETS["warehouse"])
+    assert automated == keys(*ASSETS["warehouse"], *LEGACY["warehouse"])
     assert automated <= sensor.asset_selection.resolve(graph)
 
 

@@ -444,6 +444,27 @@ def test_connect_worker_matches_the_local_worker(services: dict[str, dict[str, A
         assert env[f"CONNECT_{kind}_STORAGE_REPLICATION_FACTOR"] == "1"
 
 
+def test_connect_worker_resolves_the_password_from_its_environment(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The connector config says ${env:SOURCE_CDC_PASSWORD}; the worker's env config provider
+    resolves it, exactly as the local worker's properties do."""
+    from kafka_assets.local.connect_worker import ConnectWorker
+
+    env = environment_of(services["connect"])
+    local = ConnectWorker(Path("/nonexistent"), "kafka:9092").worker_properties()
+    assert env["CONNECT_CONFIG_PROVIDERS"] == local["config.providers"] == "env"
+    assert (
+        env["CONNECT_CONFIG_PROVIDERS_ENV_CLASS"]
+        == local["config.providers.env.class"]
+        == "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
+    )
+    assert (
+        env["SOURCE_CDC_PASSWORD"] == environment_of(services["user-code"])["SOURCE_CDC_PASSWORD"]
+    )
+    assert str(env["OFFSET_FLUSH_INTERVAL_MS"]) == local["offset.flush.interval.ms"]
+
+
 def test_cdc_host_ports_match_env_example(
     services: dict[str, dict[str, Any]], env_example: dict[str, str]
 ) -> None:
