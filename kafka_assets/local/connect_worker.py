@@ -17,11 +17,10 @@ from typing import Any
 
 from kafka_assets.local.procs import (
     ServiceError,
-    pid_alive,
     port_open,
     read_pid,
     require_tool,
-    stop_process_group,
+    stop_service,
 )
 from kafka_assets.paths import CONNECT_JARS_DIR, CONNECT_PLUGINS_DIR
 
@@ -226,15 +225,7 @@ class ConnectWorker:
         )
 
     def stop(self, timeout: float = 60.0) -> bool:
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        stop_process_group(pid, timeout=timeout)
-        if pid_alive(pid):
-            raise ServiceError(f"Kafka Connect (pid {pid}) did not stop")
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        return stop_service(self.pid_file, "Kafka Connect", timeout)
 
     def status(self) -> str:
         pid = self.pid()

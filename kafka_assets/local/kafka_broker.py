@@ -14,12 +14,11 @@ from pathlib import Path
 
 from kafka_assets.local.procs import (
     ServiceError,
-    pid_alive,
     port_open,
     read_pid,
     require_tool,
     run,
-    stop_process_group,
+    stop_service,
 )
 from kafka_assets.paths import KAFKA_JARS_DIR
 
@@ -200,15 +199,7 @@ class KafkaBroker:
         )
 
     def stop(self, timeout: float = 60.0) -> bool:
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        stop_process_group(pid, timeout=timeout)
-        if pid_alive(pid):
-            raise ServiceError(f"Kafka (pid {pid}) did not stop")
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        return stop_service(self.pid_file, "Kafka", timeout)
 
     def status(self) -> str:
         pid = self.pid()

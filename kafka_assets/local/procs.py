@@ -74,6 +74,19 @@ def stop_process_group(pid: int, *, timeout: float = 30.0) -> None:
             time.sleep(0.1)
 
 
+def stop_service(pid_file: Path, what: str, timeout: float) -> bool:
+    """Stop the service whose process group leader is in `pid_file`; False if none was running."""
+    pid = read_pid(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    stop_process_group(pid, timeout=timeout)
+    if pid_alive(pid):
+        raise ServiceError(f"{what} (pid {pid}) did not stop")
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
 def require_tool(name: str, hint: str) -> str:
     path = shutil.which(name)
     if not path:
