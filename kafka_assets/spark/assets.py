@@ -21,6 +21,9 @@ from kafka_assets.spark.streams import (
 
 STREAM_METADATA = "kafka_assets/stream"
 """Definition metadata naming a stream asset's stream: its checkpoint and staging directory."""
+READERS_METADATA = "kafka_assets/readers"
+"""Definition metadata listing the warehouse tables that load a stream's staged batches: once
+all of them have a batch in the ledger, the batch is deleted."""
 
 
 def committed_offsets(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, int]:
@@ -74,6 +77,7 @@ def build_stream_asset(
     topic_key: dg.AssetKey,
     group: str,
     kinds: Iterable[str],
+    readers: Iterable[str] = (),
 ) -> dg.AssetsDefinition:
     @dg.asset(
         key=key,
@@ -82,7 +86,11 @@ def build_stream_asset(
         deps=[topic_key],
         io_manager_key="staging_io_manager",
         description=spec.description,
-        metadata={STREAM_METADATA: spec.name, "kafka/topic": spec.topic},
+        metadata={
+            STREAM_METADATA: spec.name,
+            READERS_METADATA: sorted(set(readers)),
+            "kafka/topic": spec.topic,
+        },
     )
     def _stream(
         context: dg.AssetExecutionContext,

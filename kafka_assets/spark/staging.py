@@ -9,7 +9,7 @@ nothing: its batches are simply still pending on the next run.
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 
-from kafka_assets.spark.assets import STREAM_METADATA
+from kafka_assets.spark.assets import READERS_METADATA, STREAM_METADATA
 from kafka_assets.spark.resources import StreamingSettings
 from kafka_assets.spark.streams import StreamRun, local_path
 
@@ -41,15 +41,34 @@ class StagedStream:
     spark: SparkSession
     batches: tuple[StagedBatch, ...]
     transform: Callable[[DataFrame], DataFrame] | None = None
+    readers: tuple[str, ...] = ()
+    """Every table that loads this stream's batches: a batch all of them have loaded is deleted."""
 
     def map(self, transform: Callable[[DataFrame], DataFrame]) -> "StagedStream":
         previous = self.transform
         composed = transform if previous is None else (lambda df: transform(previous(df)))
-        return StagedStream(self.stream, self.spark, self.batches, composed)
+        return replace(self, transform=composed)
 
     def read(self, batch: StagedBatch) -> DataFrame:
         df = self.spark.read.parquet(batch.path)
         return self.transform(df) if self.transform else df
+
+    def exists(self, batch: StagedBatch) -> bool:
+        path, fs = _hadoop_path(self.spark, batch.path)
+        return bool(fs.exists(path))
+
+    def delete(self, batch: StagedBatch) -> None:
+        """Remove a loaded batch; Spark rewrites it only if it replays that batch, which the
+        ledger then skips."""
+        path, fs = _hadoop_path(self.spark, batch.path)
+        fs.delete(path, True)
+
+
+def _hadoop_path(spark: SparkSession, uri: str):
+    """(Path, FileSystem) through Hadoop, so local paths and s3a:// or hdfs:// URIs all work."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path, path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
 
 
 def newest_message_time(batch: StagedBatch) -> datetime | None:
@@ -79,9 +98,7 @@ def newest_message_time(batch: StagedBatch) -> datetime | None:
 def list_batches(spark: SparkSession, staging_path: str) -> list[StagedBatch]:
     """List batch directories through Hadoop's FileSystem, so any Hadoop URI works."""
     jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    root = jvm.org.apache.hadoop.fs.Path(staging_path)
-    fs = root.getFileSystem(conf)
+    root, fs = _hadoop_path(spark, staging_path)
     if not fs.exists(root):
         return []
     found: list[StagedBatch] = []
@@ -104,12 +121,9 @@ class StagingIOManager(dg.ConfigurableIOManager):
     pyspark: LazyPySparkResource
 
     def handle_output(self, context: dg.OutputContext, obj: StreamRun) -> None:
-        spark = self.pyspark.spark_session
         report = json.dumps(obj.__dict__, default=str)
         target = f"{self.settings.staging_path(obj.stream)}/_runs/{obj.run_id}.json"
-        jvm = spark.sparkContext._jvm
-        path = jvm.org.apache.hadoop.fs.Path(target)
-        fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        path, fs = _hadoop_path(self.pyspark.spark_session, target)
         out = fs.create(path, True)
         try:
             out.write(bytearray(report.encode()))
@@ -119,8 +133,10 @@ class StagingIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> StagedStream:
         # The stream's name (its staging directory) travels in the upstream asset's definition,
         # so two streams whose keys end alike never share staging.
-        stream = context.upstream_output.definition_metadata[STREAM_METADATA]
+        metadata = context.upstream_output.definition_metadata
+        stream = metadata[STREAM_METADATA]
+        readers = tuple(metadata.get(READERS_METADATA) or ())
         spark = self.pyspark.spark_session
         batches = list_batches(spark, self.settings.staging_path(stream))
         context.log.info(f"{len(batches)} staged batches of {stream}")
-        return StagedStream(stream, spark, tuple(batches))
+        return StagedStream(stream, spark, tuple(batches), readers=readers)

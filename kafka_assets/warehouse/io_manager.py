@@ -69,6 +69,16 @@ class LoadStats:
     """The newest Kafka timestamp among the batches this load committed."""
     loaded_at: datetime | None = None
     columns_added: list[str] = field(default_factory=list)
+    staged_deleted: int = 0
+    """Staged batches deleted after this load because every reader had them."""
+
+    def loaded(self, batch: StagedBatch, rows_in: int, rows_written: int) -> None:
+        self.batches_loaded += 1
+        self.rows_in += rows_in
+        self.rows_written += rows_written
+        newest = newest_message_time(batch)
+        if newest and (self.newest_message is None or newest > self.newest_message):
+            self.newest_message = newest
 
 
 def _ident_list(names: list[str] | tuple[str, ...]) -> sql.Composed:
@@ -208,49 +218,20 @@ def batch_offsets(cur, incoming: sql.Composable, part: str, off: str) -> dict[st
     return {str(p): [lo, hi, n] for p, lo, hi, n in cur.fetchall()}
 
 
-class PostgresIOManager(dg.ConfigurableIOManager):
-    """Loads staged batches into `<schema>.<declared table>`; see the module docstring."""
+@dataclass(frozen=True)
+class Loader:
+    """Loads staged batches into the warehouse, each batch with its ledger row; no Dagster here,
+    so the IO manager and a plain script (the benchmark's baseline) run the same code."""
 
     warehouse: PostgresResource
-
-    def handle_output(self, context: dg.OutputContext, obj: TableLoad | MirrorLoad) -> None:
-        if isinstance(obj, MirrorLoad):
-            stats = self._load_mirror(context, obj)
-            context.add_output_metadata(self._mirror_metadata(obj, stats))
-            return
-        if not isinstance(obj, TableLoad):
-            raise TypeError(
-                f"{context.asset_key.to_user_string()}: the warehouse IO manager stores a "
-                f"TableLoad (staged stream batches for a declared table), not {type(obj).__name__}"
-            )
-        try:
-            stats = self._load_batches(context, obj)
-        except psycopg.OperationalError as exc:
-            # Each batch commits with its ledger row or not at all, so what committed stays and
-            # the rest is still pending: a rerun lands it once.
-            where = self.warehouse.address()
-            raise dg.Failure(
-                description=(
-                    f"{obj.table.name}: the warehouse at {where} failed during the load "
-                    f"({str(exc).strip().splitlines()[0]}). Batches committed before the failure "
-                    "are kept with their ledger rows; nothing partial was committed, and the "
-                    "remaining batches load on the next run."
-                )
-            ) from exc
-        fault_point("load.before_materialization")
-        context.add_output_metadata(self._metadata(obj.table, stats))
-
-    def load_input(self, context: dg.InputContext) -> None:
-        raise NotImplementedError(
-            f"{context.asset_key.to_user_string()} lives in PostgreSQL; read it with SQL "
-            "(PostgresResource) rather than as an asset input"
-        )
+    run_id: str
+    keep_staged: bool = False
+    """Keep batches every reader has loaded (by default they are deleted, so disk stays bounded)."""
 
     # -- micro-batches ------------------------------------------------------------------------
-    def _load_batches(self, context: dg.OutputContext, load: TableLoad) -> LoadStats:
+    def table(self, load: TableLoad) -> LoadStats:
         spec, stats = load.table, LoadStats()
         target = self.warehouse.table(spec.name)
-        run_id = context.run_id
         began = time.monotonic()
         # Autocommit, so each `conn.transaction()` below is a real transaction, not a savepoint.
         with self.warehouse.connect(autocommit=True) as conn:
@@ -262,23 +243,21 @@ class PostgresIOManager(dg.ConfigurableIOManager):
                     if (batch.query_id, batch.batch_id) in done:
                         stats.batches_skipped += 1
                         continue
-                    rows_in, rows_written = self._load_one(conn, spec, source, batch, run_id)
+                    rows_in, rows_written = self._load_one(conn, spec, source, batch)
                     fault_point("load.after_commit")
                     if rows_in < 0:
                         stats.batches_skipped += 1
                         continue
-                    stats.batches_loaded += 1
-                    stats.rows_in += rows_in
-                    stats.rows_written += rows_written
-                    newest = newest_message_time(batch)
-                    if newest and (stats.newest_message is None or newest > stats.newest_message):
-                        stats.newest_message = newest
+                    stats.loaded(batch, rows_in, rows_written)
+                stats.staged_deleted += self.prune(conn, source)
         stats.seconds = time.monotonic() - began
         stats.loaded_at = datetime.now(UTC)
         return stats
 
-    def _load_one(self, conn, spec: Table, source: StagedStream, batch: StagedBatch, run_id):
+    def _load_one(self, conn, spec: Table, source: StagedStream, batch: StagedBatch):
         """One batch, one transaction: rows and ledger commit together or not at all."""
+        if not source.exists(batch):
+            return -1, 0  # every reader loaded it and another run deleted it meanwhile
         data = source.read(batch).select(*spec.column_names).toArrow()
         target = self.warehouse.table(spec.name)
         incoming = sql.Identifier(f"_incoming_{spec.name}")
@@ -307,41 +286,59 @@ class PostgresIOManager(dg.ConfigurableIOManager):
                 batch,
                 (rows_in, rows_written),
                 offsets,
-                run_id,
+                self.run_id,
             )
         return rows_in, rows_written
 
+    def prune(self, conn, source: StagedStream) -> int:
+        """Delete the staged batches of `source` that every table reading it has in the ledger.
+
+        A stream whose readers are unknown (declared outside a pipeline) keeps its batches.
+        """
+        if self.keep_staged or not source.readers or not source.batches:
+            return 0
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT query_id, batch_id FROM {} WHERE stream = %s AND target_table = ANY(%s)"
+                " GROUP BY query_id, batch_id HAVING count(DISTINCT target_table) = %s"
+            ).format(self.warehouse.table(LEDGER)),
+            (source.stream, list(source.readers), len(source.readers)),
+        ).fetchall()
+        everywhere = {(q, int(b)) for q, b in rows}
+        deleted = 0
+        for batch in source.batches:
+            if (batch.query_id, batch.batch_id) in everywhere and source.exists(batch):
+                source.delete(batch)
+                deleted += 1
+        return deleted
+
     # -- change events into a mirror table -----------------------------------------------------
-    def _load_mirror(self, context: dg.OutputContext, load: MirrorLoad) -> LoadStats:
+    def mirror(self, load: MirrorLoad) -> LoadStats:
         stats = LoadStats()
         began = time.monotonic()
         with self.warehouse.connect(autocommit=True) as conn:
             ensure_ledger(conn, self.warehouse)
             done = loaded_batches(conn, self.warehouse, load.name)
             for batch in load.source.batches:
-                if (batch.query_id, batch.batch_id) in done:
+                if (batch.query_id, batch.batch_id) in done or not load.source.exists(batch):
                     stats.batches_skipped += 1
                     continue
                 rows, keys, columns = load.rows(load.source.read(batch))
                 data = rows.toArrow()
                 rows_in, rows_written = self._load_mirror_batch(
-                    conn, load, batch, keys, columns, data, context.run_id, stats
+                    conn, load, batch, keys, columns, data, stats
                 )
                 if rows_in < 0:
                     stats.batches_skipped += 1
                     continue
-                stats.batches_loaded += 1
-                stats.rows_in += rows_in
-                stats.rows_written += rows_written
-                newest = newest_message_time(batch)
-                if newest and (stats.newest_message is None or newest > stats.newest_message):
-                    stats.newest_message = newest
+                stats.loaded(batch, rows_in, rows_written)
+            stats.staged_deleted += self.prune(conn, load.source)
         stats.seconds = time.monotonic() - began
         stats.loaded_at = datetime.now(UTC)
         return stats
 
     def _load_mirror_batch(
-        self, conn, load: MirrorLoad, batch, keys, columns, data: pa.Table, run_id, stats
+        self, conn, load: MirrorLoad, batch, keys, columns, data: pa.Table, stats
     ) -> tuple[int, int]:
         """One batch of changes, one transaction: new columns, the changes, the ledger row."""
         target = self.warehouse.table(load.name)
@@ -396,9 +393,49 @@ class PostgresIOManager(dg.ConfigurableIOManager):
                 batch,
                 (data.num_rows, written),
                 offsets,
-                run_id,
+                self.run_id,
             )
         return data.num_rows, written
+
+
+class PostgresIOManager(dg.ConfigurableIOManager):
+    """Loads staged batches into `<schema>.<declared table>`; see the module docstring."""
+
+    warehouse: PostgresResource
+
+    def handle_output(self, context: dg.OutputContext, obj: TableLoad | MirrorLoad) -> None:
+        loader = Loader(self.warehouse, context.run_id)
+        if isinstance(obj, MirrorLoad):
+            stats = loader.mirror(obj)
+            context.add_output_metadata(self._mirror_metadata(obj, stats))
+            return
+        if not isinstance(obj, TableLoad):
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: the warehouse IO manager stores a "
+                f"TableLoad (staged stream batches for a declared table), not {type(obj).__name__}"
+            )
+        try:
+            stats = loader.table(obj)
+        except psycopg.OperationalError as exc:
+            # Each batch commits with its ledger row or not at all, so what committed stays and
+            # the rest is still pending: a rerun lands it once.
+            where = self.warehouse.address()
+            raise dg.Failure(
+                description=(
+                    f"{obj.table.name}: the warehouse at {where} failed during the load "
+                    f"({str(exc).strip().splitlines()[0]}). Batches committed before the failure "
+                    "are kept with their ledger rows; nothing partial was committed, and the "
+                    "remaining batches load on the next run."
+                )
+            ) from exc
+        fault_point("load.before_materialization")
+        context.add_output_metadata(self._metadata(obj.table, stats))
+
+    def load_input(self, context: dg.InputContext) -> None:
+        raise NotImplementedError(
+            f"{context.asset_key.to_user_string()} lives in PostgreSQL; read it with SQL "
+            "(PostgresResource) rather than as an asset input"
+        )
 
     def _mirror_metadata(self, load: MirrorLoad, stats: LoadStats) -> dict[str, object]:
         target = self.warehouse.table(load.name)
@@ -414,6 +451,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
             "dagster/table_name": f"{self.warehouse.schema_name}.{load.name}",
             "batches_loaded": stats.batches_loaded,
             "batches_skipped": stats.batches_skipped,
+            "staged_batches_deleted": stats.staged_deleted,
             "changes_in": stats.rows_in,
             "rows_written": stats.rows_written,
             "load_seconds": round(stats.seconds, 3),
@@ -449,6 +487,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
             "preview": dg.MetadataValue.md(header + body),
             "batches_loaded": stats.batches_loaded,
             "batches_skipped": stats.batches_skipped,
+            "staged_batches_deleted": stats.staged_deleted,
             "rows_in": stats.rows_in,
             "rows_written": stats.rows_written,
             "load_seconds": round(stats.seconds, 3),

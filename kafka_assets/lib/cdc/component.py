@@ -90,7 +90,14 @@ class CdcSource(dg.Component, CdcSourceSpec, dg.Resolvable):
         for c in self.captured:
             assets.append(build_cdc_topic_asset(c.topic, c.topic_key, self.connector_key, group))
             assets.append(
-                build_stream_asset(c.stream, c.stream_key, c.topic_key, group, ["spark", "parquet"])
+                build_stream_asset(
+                    c.stream,
+                    c.stream_key,
+                    c.topic_key,
+                    group,
+                    ["spark", "parquet"],
+                    readers=[c.spec.table, self.quarantine.table],
+                )
             )
             assets.append(build_mirror_asset(c.spec, c.mirror_key, c.stream_key, group))
             checks += build_mirror_checks(self, c.spec, c.mirror_key, c.stream_key, c.topic)

@@ -145,6 +145,11 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
     def streams(self) -> list[StreamPlan]:
         return [self.events, *(t.stream for t in self.table_plans if t.stream != self.events)]
 
+    def readers(self, stream: StreamPlan) -> list[str]:
+        """The tables that load a stream's staged batches (the parsing stream feeds quarantine)."""
+        tables = [t.table.name for t in self.table_plans if t.stream == stream]
+        return tables + ([self.quarantine.table] if stream == self.events else [])
+
     @property
     def quarantine_key(self) -> dg.AssetKey:
         return quarantine_key(self.quarantine.table)
@@ -191,6 +196,7 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
                     self.topic_key,
                     stream.options.group or group,
                     stream.options.kinds or ["spark", "parquet"],
+                    readers=self.readers(stream),
                 )
             )
         readers = {s.name: s.key for s in self.streams}
