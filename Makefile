@@ -5,17 +5,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MESSAGES ?= 20000
+BENCH_MESSAGES ?= 1000000
 # Where `make dev` serves the UI; the demo prints the same address.
 export KAFKA_ASSETS_UI_HOST ?= 127.0.0.1
 export KAFKA_ASSETS_UI_PORT ?= 3000
 
-.PHONY: help install jars services-up services-down status demo dev check test test-unit lint clean
+.PHONY: help install jars services-up services-down status demo dev check test test-unit bench lint clean
 
 help:
 	@echo "make demo           set up everything, run Kafka -> Spark -> PostgreSQL once (MESSAGES=$(MESSAGES))"
 	@echo "make test           set up everything, run unit + integration tests against real services"
 	@echo "make dev            Dagster UI + daemon (sensors on): http://$(KAFKA_ASSETS_UI_HOST):$(KAFKA_ASSETS_UI_PORT)"
 	@echo "make check          dg check defs: every pipeline YAML under kafka_assets/defs/ loads"
+	@echo "make bench          figures against their baselines (BENCH_MESSAGES=$(BENCH_MESSAGES)), README table"
 	@echo "make services-up / services-down / status"
 
 $(STAMP): pyproject.toml
@@ -56,6 +58,10 @@ test: install
 
 test-unit: install
 	$(PY) -m pytest -m "not integration"
+
+# Its own services on free ports under .local/bench; results.json and plots land there too.
+bench: install
+	$(PY) -m kafka_assets.bench --messages $(BENCH_MESSAGES) --readme
 
 lint: install
 	$(VENV)/bin/ruff check kafka_assets kafka_assets_tests

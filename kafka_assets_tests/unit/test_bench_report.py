@@ -1,0 +1,65 @@
+"""The bench report says what results.json holds: every ratio, every step, the machine."""
+
+import json
+
+from kafka_assets.bench.report import plot, readme_section, table
+
+RESULTS = {
+    "machine": {"cores": 2, "memory_gib": 24, "python": "3.11.7", "date": "2026-11-25"},
+    "messages": 1_020_000,
+    "message_bytes": 295,
+    "partitions": 6,
+    "e2e": {
+        "dagster_s": 210.4,
+        "rows_per_s": 4848,
+        "copy_merge_rows": 1_009_800,
+        "copy_merge_s": 5.1,
+        "copy_merge_rows_per_s": 198_000,
+        "ratio_to_copy_merge": 0.024,
+        "goal": ">= 0.5",
+    },
+    "overhead": {"plain_s": 190.0, "dagster_s": 210.4, "ratio": 1.107, "goal": "<= 1.15"},
+    "steps": {
+        "plain": {"spark/orders_events": 60.1, "warehouse/orders": 14.7},
+        "dagster": {"spark/orders_events": 63.0, "warehouse/orders": 15.2},
+    },
+    "sensor_tick": {
+        "topics": 10,
+        "partitions": 120,
+        "ticks": 60,
+        "median_ms": 41.0,
+        "p95_ms": 77.5,
+        "median_requested_ms": 52.0,
+        "median_skipped_ms": 30.0,
+        "goal": "<= 100 ms",
+    },
+    "freshness": {
+        "trickles": 20,
+        "messages_each": 100,
+        "p50_s": 61.2,
+        "p95_s": 80.1,
+        "max_s": 90.0,
+        "goal": "p50 <= 10 s, p95 <= 20 s",
+    },
+}
+
+
+def test_the_table_carries_every_measured_ratio_and_step():
+    text = table(json.loads(json.dumps(RESULTS)))
+    assert "2 cores, 24 GiB" in text and "2026-11-25" in text
+    assert "ratio 0.024" in text and "198,000 rows/s" in text
+    assert "ratio 1.107" in text and "plain 190.0 s" in text
+    assert "median 41.0 ms, p95 77.5 ms" in text
+    assert "p50 61.2 s, p95 80.1 s" in text
+    assert "| spark/orders_events | 60.1 | 63.0 |" in text
+    assert readme_section(RESULTS).endswith(text)
+
+
+def test_a_run_without_freshness_leaves_that_row_out():
+    assert "queryable" not in table({**RESULTS, "freshness": None})
+
+
+def test_plots_are_written(tmp_path):
+    made = plot(RESULTS, tmp_path)
+    assert [p.name for p in made] == ["throughput.png", "steps.png"]
+    assert all(p.stat().st_size > 1000 for p in made)
