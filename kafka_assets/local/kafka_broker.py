@@ -1,14 +1,19 @@
-"""A single Apache Kafka 4.x node in KRaft combined mode (broker + controller), on loopback.
+"""Apache Kafka 4.x nodes in KRaft combined mode (broker + controller), on loopback.
 
-The jars come from Maven Central through jvm/pom.xml; storage is formatted on first start; start
-waits until the broker answers metadata requests; stop is a clean SIGTERM shutdown.
+`KafkaBroker` is one node: alone, a single-node cluster (the local stack's), or one voter of a
+`KafkaCluster`'s quorum, for the fault cases that need replication. The jars come from Maven
+Central through jvm/pom.xml; storage is formatted on first start; start waits until the broker
+answers metadata requests; stop is a clean SIGTERM shutdown.
 """
 
 import base64
+import json
 import os
+import signal
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +30,28 @@ from kafka_assets.paths import KAFKA_JARS_DIR
 HOST = "127.0.0.1"
 
 
+def random_id() -> str:
+    """A Kafka Uuid as its tools print it (base64url, no padding), never starting with "-",
+    which an argument parser would take for an option."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
+@dataclass(frozen=True)
+class Voter:
+    """One controller of a multi-node quorum, as `StorageTool format --initial-controllers`
+    names it: every node is formatted with the same list."""
+
+    node_id: int
+    controller_port: int
+    directory_id: str
+
+    def __str__(self) -> str:
+        return f"{self.node_id}@{HOST}:{self.controller_port}:{self.directory_id}"
+
+
 @dataclass
 class KafkaBroker:
     home: Path
@@ -36,6 +63,11 @@ class KafkaBroker:
     """More listeners on loopback, {security protocol: port}, e.g. {"SASL_SSL": 19094}."""
     properties: dict[str, str] = field(default_factory=dict)
     """Broker settings applied last (the extra listeners' TLS and SASL settings)."""
+    node_id: int = 1
+    voters: tuple[Voter, ...] = ()
+    """The controllers of a multi-node quorum, this node among them; empty for a single node."""
+    cluster_id: str = ""
+    """Shared by every node of a quorum; a single node makes its own."""
 
     @property
     def bootstrap_servers(self) -> str:
@@ -82,8 +114,11 @@ class KafkaBroker:
         data = self.home / "data"
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"{HOST}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.bootstrap.servers": ",".join(
+                f"{HOST}:{v.controller_port}" for v in self.voters
+            )
+            or f"{HOST}:{self.controller_port}",
             "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -99,7 +134,10 @@ class KafkaBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
-            "log.retention.check.interval.ms": "30000",
+            # A topic's retention.ms of seconds acts within seconds (Kafka: every 5 min, first
+            # after 30 s); the scan of a few local segments costs nothing.
+            "log.retention.check.interval.ms": "5000",
+            "log.initial.task.delay.ms": "5000",
         }
         for protocol, port in self.extra_listeners.items():
             props["listeners"] += f",{protocol}://{HOST}:{port}"
@@ -123,19 +161,24 @@ class KafkaBroker:
     def _format_storage(self) -> None:
         if (self.home / "data" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if self.voters:
+            if not self.cluster_id:
+                raise ServiceError("a node of a multi-node quorum needs the cluster's id")
+            quorum = "--initial-controllers=" + ",".join(str(v) for v in self.voters)
+        else:
+            quorum = "--standalone"
         run(
             [
                 *self._java(),
                 "kafka.tools.StorageTool",
                 "format",
-                "--standalone",
+                quorum,
                 # One token: a base64url id may start with "-", which argparse takes for an option.
-                f"--cluster-id={cluster_id}",
+                f"--cluster-id={self.cluster_id or random_id()}",
                 "-c",
                 str(self.config_file),
             ],
-            what="Formatting Kafka KRaft storage",
+            what=f"Formatting Kafka KRaft storage of node {self.node_id}",
         )
 
     def start(self, timeout: float = 90.0) -> float:
@@ -143,13 +186,24 @@ class KafkaBroker:
         if self.pid():
             self.wait_ready(timeout)
             return 0.0
+        started = time.monotonic()
+        proc = self.launch()
+        try:
+            self.wait_ready(timeout, proc=proc)
+        except ServiceError:
+            self.stop()
+            raise
+        return time.monotonic() - started
+
+    def launch(self) -> subprocess.Popen:
+        """Format if needed and start the JVM, without waiting: a quorum's nodes must all be
+        starting before any of them can elect a controller and become ready."""
         for port in (self.port, self.controller_port):
             if port_open(HOST, port):
                 raise ServiceError(
                     f"Port {port} on {HOST} is taken by another process: set "
                     "KAFKA_ASSETS_KAFKA_PORT / KAFKA_ASSETS_CONTROLLER_PORT to free ports"
                 )
-        started = time.monotonic()
         self._write_config()
         self._format_storage()
         log = open(self.home / "broker.stdout", "ab")
@@ -165,15 +219,13 @@ class KafkaBroker:
         finally:
             log.close()
         self.pid_file.write_text(str(proc.pid))
-        try:
-            self.wait_ready(timeout, proc=proc)
-        except ServiceError:
-            self.stop()
-            raise
-        return time.monotonic() - started
+        return proc
 
-    def wait_ready(self, timeout: float, proc: subprocess.Popen | None = None) -> None:
-        """Ready means a client can fetch cluster metadata, not merely that the port is open."""
+    def wait_ready(
+        self, timeout: float, proc: subprocess.Popen | None = None, brokers: int = 1
+    ) -> None:
+        """Ready means a client can fetch cluster metadata naming `brokers` brokers, not merely
+        that the port is open."""
         from confluent_kafka.admin import AdminClient
 
         deadline = time.monotonic() + timeout
@@ -188,7 +240,7 @@ class KafkaBroker:
                 try:
                     admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
                     md = admin.list_topics(timeout=2)
-                    if md.brokers:
+                    if len(md.brokers) >= brokers:
                         return
                 except Exception as exc:  # noqa: BLE001 - retried until the deadline
                     last_error = exc
@@ -201,11 +253,141 @@ class KafkaBroker:
     def stop(self, timeout: float = 60.0) -> bool:
         return stop_service(self.pid_file, "Kafka", timeout)
 
+    def kill(self) -> int | None:
+        """SIGKILL the node, as a machine losing power would stop it; returns the pid killed."""
+        pid = self.pid()
+        if pid is None:
+            return None
+        os.killpg(pid, signal.SIGKILL)
+        try:
+            os.waitpid(pid, 0)  # reap it when this process started it
+        except ChildProcessError:
+            while read_pid(self.pid_file) is not None:
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+        return pid
+
+    def quorum_leader(self) -> int | None:
+        """The active controller as this node last saw it (its quorum-state file), or None."""
+        state = self.home / "data" / "__cluster_metadata-0" / "quorum-state"
+        try:
+            leader = json.loads(state.read_text()).get("leaderId", -1)
+        except (OSError, ValueError):
+            return None
+        return leader if leader >= 0 else None
+
     def status(self) -> str:
         pid = self.pid()
         if pid is None:
             return "stopped"
         return f"running pid={pid} bootstrap={self.bootstrap_servers} data={self.home / 'data'}"
+
+
+@dataclass
+class KafkaCluster:
+    """N combined nodes, every one a voter of the controller quorum, each with its own home and
+    ports: a replicated cluster on one machine, for fault cases that kill a broker."""
+
+    home: Path
+    ports: list[tuple[int, int]]
+    """(broker port, controller port) per node; node ids are 1..N in this order."""
+    heap: str = "384m"
+    properties: dict[str, str] = field(default_factory=dict)
+    """Settings for every node, applied after the replication defaults."""
+    nodes: list[KafkaBroker] = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.ports)
+        voters = tuple(
+            Voter(i, controller, random_id())
+            for i, (_, controller) in enumerate(self.ports, start=1)
+        )
+        replicated = {
+            "default.replication.factor": str(min(3, n)),
+            "min.insync.replicas": str(min(2, n)),
+            "offsets.topic.replication.factor": str(min(3, n)),
+            "transaction.state.log.replication.factor": str(min(3, n)),
+            "transaction.state.log.min.isr": str(min(2, n)),
+            "share.coordinator.state.topic.replication.factor": str(min(3, n)),
+            "share.coordinator.state.topic.min.isr": str(min(2, n)),
+        }
+        cluster_id = random_id()
+        self.nodes = [
+            KafkaBroker(
+                self.home / f"node-{voter.node_id}",
+                port,
+                voter.controller_port,
+                heap=self.heap,
+                properties={**replicated, **self.properties},
+                node_id=voter.node_id,
+                voters=voters,
+                cluster_id=cluster_id,
+            )
+            for voter, (port, _) in zip(voters, self.ports, strict=True)
+        ]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(node.bootstrap_servers for node in self.nodes)
+
+    def node(self, node_id: int) -> KafkaBroker:
+        return self.nodes[node_id - 1]
+
+    def start(self, timeout: float = 120.0) -> float:
+        """Start every node, then wait until metadata names all brokers; on failure, stop all."""
+        started = time.monotonic()
+        deadline = started + timeout
+        try:
+            # Formatting is a JVM start per node: side by side, not one after the other.
+            with ThreadPoolExecutor(len(self.nodes)) as pool:
+                launched = pool.map(lambda n: (n.node_id, n.launch()), self.down())
+                procs = dict(launched)
+            while True:
+                for node_id, proc in procs.items():
+                    if proc.poll() is not None:
+                        raise ServiceError(
+                            f"Kafka node {node_id} exited with code {proc.returncode} during "
+                            f"start-up; see {self.node(node_id).log_file}"
+                        )
+                try:
+                    wait = max(1.0, min(5.0, deadline - time.monotonic()))
+                    self.nodes[0].wait_ready(wait, brokers=len(self.nodes))
+                    break
+                except ServiceError:
+                    if time.monotonic() > deadline:
+                        raise
+        except BaseException:
+            self.stop()
+            raise
+        return time.monotonic() - started
+
+    def down(self) -> list[KafkaBroker]:
+        """The nodes that are not running (never started, stopped or killed)."""
+        return [node for node in self.nodes if node.pid() is None]
+
+    def stop(self, timeout: float = 60.0) -> list[int]:
+        """Stop every node that runs, all at once, even when one fails to stop; returns the ids
+        stopped. One at a time, the last broker would wait for a controller quorum that has
+        already gone before it could shut down."""
+
+        def stop(node: KafkaBroker) -> str | bool:
+            try:
+                return node.stop(timeout)
+            except ServiceError as exc:
+                return str(exc)
+
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            outcomes = list(pool.map(stop, self.nodes))
+        errors = [o for o in outcomes if isinstance(o, str)]
+        if errors:
+            raise ServiceError("; ".join(errors))
+        return [node.node_id for node, o in zip(self.nodes, outcomes, strict=True) if o is True]
+
+    def active_controller(self) -> int | None:
+        """The quorum leader, as the majority of the nodes that still run report it."""
+        seen = [node.quorum_leader() for node in self.nodes if node.pid() is not None]
+        known = [leader for leader in seen if leader is not None]
+        return max(set(known), key=known.count) if known else None
 
 
 def running_in(home: Path) -> bool:

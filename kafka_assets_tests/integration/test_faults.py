@@ -51,6 +51,8 @@ RUN_CONFIG = {
     }
 }
 COUNT, SEED = 800, 41
+# The broker case: about 1200 orders messages; after the first half, 100/s.
+BROKER_COUNT, PRODUCE_RATE = 2400, 100.0
 
 
 def _start_child(
@@ -74,31 +76,35 @@ def _child(env: dict, fault: str, tmp: Path, break_ledger: bool = False) -> int:
     return proc.wait(timeout=900)
 
 
+def _read_back(bootstrap: str, topic: str = "orders") -> dict[tuple[int, int], bytes]:
+    """Every message the topic holds, {(partition, offset): value}, read to each partition's end."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "fault-count", "enable.partition.eof": True}
+    )
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        held, done = {}, set()
+        while len(done) < len(parts):
+            msg = consumer.poll(5)
+            if msg is None:
+                raise AssertionError(f"the {topic} topic did not reach its end")
+            if msg.error():
+                done.add(msg.partition())
+                continue
+            held[(msg.partition(), msg.offset())] = msg.value() or b""
+        return held
+    finally:
+        consumer.close()
+
+
 def _malformed_per_partition(bootstrap: str, count: int, seed: int) -> Counter:
     """Read the orders topic back and count, per partition, the messages the generator made
     malformed (matched by their bytes): an independent count of what quarantine must hold."""
     start = datetime.fromisoformat(START.replace("Z", "+00:00"))
     config = GeneratorConfig(seed=seed, malformed_fraction=0.02)
     bad = {m.value for m in generate(count, config, start) if m.malformed and m.topic == "orders"}
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "fault-count", "enable.partition.eof": True}
-    )
-    try:
-        parts = consumer.list_topics("orders", timeout=10).topics["orders"].partitions
-        consumer.assign([TopicPartition("orders", p, 0) for p in parts])
-        per, done = Counter(), set()
-        while len(done) < len(parts):
-            msg = consumer.poll(5)
-            if msg is None:
-                raise AssertionError("the orders topic did not reach its end")
-            if msg.error():
-                done.add(msg.partition())
-                continue
-            if (msg.value() or b"") in bad:
-                per[msg.partition()] += 1
-        return per
-    finally:
-        consumer.close()
+    return Counter(p for (p, _), value in _read_back(bootstrap).items() if value in bad)
 
 
 def _reconciled(instance) -> tuple[bool, dict]:
@@ -335,3 +341,188 @@ def test_a_stopped_broker_is_a_skip_and_a_named_failure_then_everything_resumes(
         assert passed, per
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def kraft_cluster(tmp_path):
+    """Three combined nodes, three controllers, RF 3 and min.insync.replicas 2; stopped at the
+    end whatever happened. A dead broker is fenced after 6 s instead of 9 s: the case is shorter."""
+    from kafka_assets.local.kafka_broker import KafkaCluster
+    from kafka_assets_tests.conftest import free_port
+
+    cluster = KafkaCluster(
+        tmp_path / "cluster",
+        [(free_port(), free_port()) for _ in range(3)],
+        properties={"broker.session.timeout.ms": "6000", "broker.heartbeat.interval.ms": "1000"},
+    )
+    try:
+        print(f"\n3-node KRaft cluster ready in {cluster.start():.1f}s")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _leaders(admin, topic: str = "orders") -> dict[int, int]:
+    return {
+        p: m.leader
+        for p, m in admin.list_topics(topic, timeout=10).topics[topic].partitions.items()
+    }
+
+
+def test_a_broker_killed_mid_stream_loses_no_acknowledged_message(
+    kraft_cluster, pipeline_env, tmp_path, monkeypatch
+):
+    """SIGKILL one of three brokers while the producer sends and a stream reads: every message
+    the producer saw acknowledged is in the topic once, and the pipeline finishes on two."""
+    import threading
+
+    from confluent_kafka.admin import AdminClient
+
+    from kafka_assets.kafka.resources import KafkaResource
+
+    began = time.monotonic()
+    cluster = kraft_cluster
+    bootstrap = cluster.bootstrap_servers
+    env = {**pipeline_env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+    write_dagster_yaml(Path(env["DAGSTER_HOME"]), postgres=False)
+    instance = dg.DagsterInstance.get()
+    kafka = KafkaResource(bootstrap_servers=bootstrap)
+    # Created as an operator would: the declared topic (kafka/orders) says replication factor 1,
+    # and its asset refuses to change an existing topic's replication factor.
+    kafka.create_topic("orders", 6, 3, {"min.insync.replicas": "2"})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
+
+    start = datetime.fromisoformat(START.replace("Z", "+00:00"))
+    config = GeneratorConfig(seed=SEED, malformed_fraction=0.02)
+    orders = [m for m in generate(BROKER_COUNT, config, start) if m.topic == "orders"]
+    acked: list[tuple[int, int, bytes]] = []
+    errors: list[str] = []
+
+    def on_delivery(err, msg) -> None:
+        if err is not None:
+            errors.append(str(err))
+        else:
+            acked.append((msg.partition(), msg.offset(), msg.value()))
+
+    def produce() -> None:
+        """The project's producer (idempotent, acks=all): half at once, for the stream to start
+        on; then paced, its last quarter held for the kill, so it is sending while a broker dies
+        and while the partitions change leader."""
+        producer = kafka.producer()
+        half, last = len(orders) // 2, len(orders) * 3 // 4
+        for i, m in enumerate(orders):
+            if i == half:
+                producer.flush(60)
+                first_half.set()
+                paced = time.monotonic() - i / PRODUCE_RATE
+            if i == last:
+                killed.wait(120)
+                paced = time.monotonic() - i / PRODUCE_RATE
+            producer.produce(m.topic, m.value, m.key, on_delivery=on_delivery)
+            producer.poll(0)
+            if i >= half:
+                time.sleep(max(0.0, paced + i / PRODUCE_RATE - time.monotonic()))
+        producer.flush(120)
+
+    staging = Path(env["SPARK_STAGING_BASE"])
+    first_half, stream_done, killed = threading.Event(), threading.Event(), threading.Event()
+    injected: dict = {}
+
+    def kill_once_a_batch_is_staged() -> None:
+        """Once the stream has staged a batch, kill a broker that leads orders partitions,
+        preferring one that is not the active controller, and time the leaders' move."""
+        deadline = time.monotonic() + 120
+        while not any(staging.glob("*/query=*/batch=*")):
+            if stream_done.is_set() or time.monotonic() > deadline:
+                killed.set()  # nothing to wait for: the case fails on `injected`
+                return
+            time.sleep(0.05)
+        leaders = _leaders(admin)
+        controller = cluster.active_controller()
+        led = Counter(leaders.values())
+        victim = max(led, key=lambda b: (b != controller, led[b]))
+        injected.update(
+            killed_broker=victim,
+            active_controller=controller,
+            it_led_partitions=sorted(p for p, b in leaders.items() if b == victim),
+            acked_before=len(acked),
+            producer_running=sender.is_alive(),
+            stream_running=not stream_done.is_set(),
+        )
+        killed_at = time.monotonic()
+        cluster.node(victim).kill()
+        killed.set()
+        while victim in _leaders(admin).values() and time.monotonic() - killed_at < 60:
+            time.sleep(0.2)
+        injected["new_leaders_after_s"] = round(time.monotonic() - killed_at, 1)
+
+    sender = threading.Thread(target=produce)
+    killer = threading.Thread(target=kill_once_a_batch_is_staged)
+    sender.start()
+    first_half.wait(60)
+    killer.start()
+    small = json.loads(json.dumps(RUN_CONFIG))
+    small["resources"]["streaming"]["config"]["max_offsets_per_trigger"] = 150
+    streamed = time.monotonic()
+    try:
+        during = runner.materialize(instance, [dg.AssetKey(["spark", "orders_events"])], [], small)
+    finally:
+        stream_done.set()
+        killer.join(90)
+        sender.join(180)
+    assert injected.get("stream_running") and injected["producer_running"], injected
+    assert during.success, [e.message for e in during.all_events if e.is_failure]
+
+    # The rest, on the two brokers left: the stream catches up in one batch, and the two
+    # tables that reconciliation counts load.
+    selection = [
+        dg.AssetKey.from_user_string(k)
+        for k in ("spark/orders_events", "warehouse/orders", "warehouse/quarantine")
+    ]
+    finishing = time.monotonic()
+    after = runner.materialize(instance, selection)
+    timings = {
+        "stream_during_kill_s": round(finishing - streamed, 1),
+        "rest_of_pipeline_s": round(time.monotonic() - finishing, 1),
+    }
+    assert after.success, [e.message for e in after.all_events if e.is_failure]
+
+    held = _read_back(bootstrap)
+    with psycopg.connect(env["WAREHOUSE_DSN"]) as conn:
+        conn.execute(f'SET search_path TO "{env["WAREHOUSE_SCHEMA"]}"')
+        table = dict(conn.execute("SELECT order_id, status FROM orders").fetchall())
+        quarantined = Counter(
+            dict(
+                conn.execute(
+                    "SELECT source_partition, count(*) FROM quarantine WHERE topic = 'orders'"
+                    " GROUP BY 1"
+                ).fetchall()
+            )
+        )
+    malformed = _malformed_per_partition(bootstrap, BROKER_COUNT, SEED)
+    passed, per = _reconciled(instance)
+    per_partition = Counter(p for p, _, _ in acked)
+    figures = {
+        **injected,
+        "sent": len(orders),
+        "acked": len(acked),
+        "delivery_errors": len(errors),
+        "in_topic": len(held),
+        "acked_missing_from_topic": sum(held.get((p, o)) != v for p, o, v in acked),
+        "landed_per_partition": {p: per[p]["rows"] for p in sorted(per)},
+        "acked_per_partition": {str(p): n for p, n in sorted(per_partition.items())},
+        "quarantined": sum(quarantined.values()),
+        "orders_rows": len(table),
+        "reconciled": passed,
+        **timings,
+        "test_wall_s": round(time.monotonic() - began, 1),
+    }
+    print(f"\nbroker killed mid-stream: {figures}")
+    assert not errors and len(acked) == len(orders), errors[:3]
+    assert figures["acked_missing_from_topic"] == 0
+    assert len(held) == len(acked)  # idempotence: the retries through the fail-over left no copy
+    assert figures["landed_per_partition"] == figures["acked_per_partition"]  # valid + quarantined
+    assert quarantined == malformed and sum(malformed.values()) == sum(m.malformed for m in orders)
+    assert table == _expected([(BROKER_COUNT, SEED)])[0]
+    assert passed, per

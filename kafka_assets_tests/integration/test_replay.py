@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import psycopg
 import pytest
-from confluent_kafka.admin import AdminClient
 
 from kafka_assets import runner
 from kafka_assets.local.services import write_dagster_yaml
@@ -174,22 +173,21 @@ def test_replay_from_offsets_and_timestamp_equals_a_clean_rebuild(
         assert replayed[table] == rebuilt[table], table
 
 
-def _delete_unread(admin: AdminClient, topic: str) -> dict[int, int]:
-    """What retention does to old segments, made deterministic: the broker deletes every record
-    below the current end offsets (DeleteRecords) and advances each log start offset."""
-    from confluent_kafka import TopicPartition
-    from confluent_kafka.admin import OffsetSpec
-
-    parts = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    request = {TopicPartition(topic, p): OffsetSpec.latest() for p in parts}
-    ends = {tp.partition: f.result().offset for tp, f in admin.list_offsets(request).items()}
-    futures = admin.delete_records([TopicPartition(topic, p, o) for p, o in ends.items()])
-    for future in futures.values():
-        future.result()
-    return ends
+def _wait_for_retention(kafka, topic: str, timeout: float = 60.0) -> float:
+    """Wait until retention has deleted every message (each log start reached its end offset);
+    returns the seconds it took. The local broker checks every 5 s."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if kafka.start_offsets([topic]) == kafka.end_offsets([topic]):
+            return time.monotonic() - began
+        time.sleep(0.5)
+    raise AssertionError(f"retention deleted not all of {topic} within {timeout:.0f}s")
 
 
 def test_retention_deleting_unread_offsets_fails_by_name_and_the_opt_in_goes_on(pipeline_env):
+    """The topic's own retention.ms, a few seconds, deletes messages the stream has not read."""
+    from kafka_assets.kafka.resources import KafkaResource
+
     env = pipeline_env
     instance = dg.DagsterInstance.ephemeral()
     _ok(runner.materialize(instance, [ORDERS]))
@@ -197,9 +195,14 @@ def test_retention_deleting_unread_offsets_fails_by_name_and_the_opt_in_goes_on(
     _ok(runner.materialize(instance, [EVENTS]))
     read = _metadata(instance, EVENTS)["end_offsets"]
 
-    admin = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"]})
-    _produce(instance, 300, seed=32)  # unread: deleted before the stream runs
-    deleted_to = _delete_unread(admin, "orders")
+    kafka = KafkaResource(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    _produce(instance, 300, seed=32)  # unread: retention deletes it before the stream runs
+    # Set after producing: the producer asset reconciles the topic to its declared retention.ms
+    # (7 days) before it sends, which would undo a shorter one set earlier.
+    kafka.alter_topic_config("orders", {"retention.ms": "2000"})
+    waited = _wait_for_retention(kafka, "orders")
+    deleted_to = kafka.start_offsets(["orders"])["orders"]
+    print(f"\nretention.ms=2000: log start {deleted_to} after {waited:.1f}s; stream read {read}")
     assert any(deleted_to[int(p)] > o for p, o in read.items())
 
     failed = runner.materialize(instance, [EVENTS], checks=[])
@@ -212,7 +215,13 @@ def test_retention_deleting_unread_offsets_fails_by_name_and_the_opt_in_goes_on(
     evaluation = _check(instance, dg.AssetCheckKey(ORDERS, "unread_not_deleted"))
     assert not evaluation.passed
     lost = evaluation.metadata["lost_ranges"].value
+    print(f"stream failed: {message[:160]!r}; unread_not_deleted: {lost}")
     assert any(k.startswith("orders_events partition 0") for k in lost), lost
+    assert lost == {
+        f"orders_events partition {p}": f"{o}-{deleted_to[int(p)] - 1}"
+        for p, o in read.items()
+        if deleted_to[int(p)] > o
+    }
 
     config = {"ops": {"spark__orders_events": {"config": {"continue_after_data_loss": True}}}}
     _ok(runner.materialize(instance, [EVENTS], checks=[], run_config=config))

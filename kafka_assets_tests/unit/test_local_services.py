@@ -9,6 +9,7 @@ import pytest
 from kafka_assets.local import legacy_source
 from kafka_assets.local.connect_worker import INTERNAL_TOPIC_PREFIX, JSON_CONVERTER, ConnectWorker
 from kafka_assets.local.jars import CONNECT_PROFILES, OUT_DIRS, PROFILES
+from kafka_assets.local.kafka_broker import KafkaBroker, KafkaCluster
 from kafka_assets.local.postgres import LocalPostgres
 from kafka_assets.local.services import Endpoints, LocalServices
 from kafka_assets.paths import JARS_DIR, POM, PROJECT_ROOT
@@ -62,6 +63,48 @@ def test_debezium_plugin_dir_leaves_out_what_the_worker_has() -> None:
     artifacts = {d.find(f"{MVN}artifactId").text for d in connect.iter(f"{MVN}dependency")}
     # Without slf4j-api 2.x pinned, log4j's slf4j2 binding is silent and the worker logs nothing.
     assert {"connect-runtime", "slf4j-api", "log4j-slf4j2-impl"} <= artifacts
+
+
+def _broker_properties(broker: KafkaBroker) -> dict[str, str]:
+    broker._write_config()
+    return dict(line.split("=", 1) for line in broker.config_file.read_text().splitlines())
+
+
+def test_a_single_broker_is_its_own_quorum(tmp_path: Path) -> None:
+    props = _broker_properties(KafkaBroker(tmp_path, 19999, 19998))
+    assert props["node.id"] == "1"
+    assert props["process.roles"] == "broker,controller"
+    assert props["controller.quorum.bootstrap.servers"] == "127.0.0.1:19998"
+    assert props["offsets.topic.replication.factor"] == "1"
+    assert "min.insync.replicas" not in props and "default.replication.factor" not in props
+
+
+def test_cluster_nodes_share_one_quorum_and_replicate(tmp_path: Path) -> None:
+    cluster = KafkaCluster(tmp_path, [(101, 201), (102, 202), (103, 203)], properties={"a": "b"})
+    assert cluster.bootstrap_servers == "127.0.0.1:101,127.0.0.1:102,127.0.0.1:103"
+    assert len({n.home for n in cluster.nodes}) == 3
+    assert len({n.cluster_id for n in cluster.nodes}) == 1 and cluster.nodes[0].cluster_id
+    (voters,) = {n.voters for n in cluster.nodes}  # every node is formatted with the same list
+    assert [str(v).rsplit(":", 1)[0] for v in voters] == [
+        f"{i}@127.0.0.1:{200 + i}" for i in (1, 2, 3)
+    ]
+    assert len({v.directory_id for v in voters}) == 3
+    for node_id in (1, 2, 3):
+        node = cluster.node(node_id)
+        props = _broker_properties(node)
+        assert props["node.id"] == str(node_id) and node.heap == "384m"
+        assert props["listeners"] == (
+            f"PLAINTEXT://127.0.0.1:{100 + node_id},CONTROLLER://127.0.0.1:{200 + node_id}"
+        )
+        assert props["controller.quorum.bootstrap.servers"] == (
+            "127.0.0.1:201,127.0.0.1:202,127.0.0.1:203"
+        )
+        assert "controller.quorum.voters" not in props  # a dynamic quorum, from the format
+        assert props["default.replication.factor"] == "3"
+        assert props["min.insync.replicas"] == "2"
+        assert props["offsets.topic.replication.factor"] == "3"
+        assert props["transaction.state.log.min.isr"] == "2"
+        assert props["a"] == "b"
 
 
 def test_server_options_add_settings_after_the_defaults(tmp_path: Path) -> None:
