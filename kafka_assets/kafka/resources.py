@@ -1,10 +1,13 @@
 """The one Kafka client resource: admin, producer, end offsets, and the same settings for Spark.
 
 Security settings (SASL/SSL) pass through to both librdkafka and Spark's Java client; secrets come
-in through `dg.EnvVar`. Clients are built per call: nothing connects at import or at definition.
+in through `dg.EnvVar`. Nothing connects at import or at definition. The client that reads
+metadata and offsets is kept per process and settings, so a sensor tick in the daemon's code
+server does not pay a new client's connection every time.
 """
 
 import json
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -13,6 +16,11 @@ import dagster as dg
 
 Offsets = dict[str, dict[int, int]]
 """{topic: {partition: offset}}, the shape of every offset map in the project."""
+
+_READERS: dict[tuple, tuple[object, list[str]]] = {}
+"""Per client settings: an admin client for metadata and offsets, and the login refusals its
+error callback has seen. librdkafka clients are thread-safe and reconnect by themselves."""
+_READERS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -99,12 +107,12 @@ class KafkaResource(dg.ConfigurableResource):
         return f"{protocol}, SASL {self.sasl_mechanism}" if self.sasl_mechanism else protocol
 
     # -- clients --------------------------------------------------------------------------
-    def admin(self, on_error=None):
+    def admin(self, on_error=None, log_level: int = 4):
         from confluent_kafka.admin import AdminClient
 
         # Warnings and errors only: librdkafka's notices (e.g. a background queue purged when a
         # short-lived admin client closes) are not something an operator can act on.
-        conf: dict[str, object] = {**self.client_config(), "log_level": 4}
+        conf: dict[str, object] = {**self.client_config(), "log_level": log_level}
         if on_error is not None:
             conf["error_cb"] = on_error
         return AdminClient(conf)
@@ -114,13 +122,23 @@ class KafkaResource(dg.ConfigurableResource):
         mechanism; an unreachable cluster fails after `request_timeout_s`."""
         from confluent_kafka import KafkaError, KafkaException
 
-        refused: list[str] = []
+        key = tuple(sorted((k, str(v)) for k, v in self.client_config().items()))
+        with _READERS_LOCK:
+            if key not in _READERS:
+                refused: list[str] = []
 
-        def on_error(err) -> None:
-            if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
-                refused.append(err.str())
+                def on_error(err, refused=refused) -> None:
+                    if err.code() in (
+                        KafkaError._AUTHENTICATION,
+                        KafkaError.SASL_AUTHENTICATION_FAILED,
+                    ):
+                        refused.append(err.str())
 
-        admin = self.admin(on_error)
+                # Kept for the process: it would log every reconnect to a stopped broker, so
+                # it logs nothing; each call reports what failed (error_cb, exceptions).
+                _READERS[key] = (self.admin(on_error, log_level=0), refused)
+            admin, refused = _READERS[key]
+        refused.clear()
         waited, last = 0.0, None
         while waited < self.request_timeout_s:
             try:
@@ -130,6 +148,8 @@ class KafkaResource(dg.ConfigurableResource):
             waited += 1.0
             admin.poll(0)  # serves librdkafka's error callbacks
             if refused:
+                with _READERS_LOCK:
+                    _READERS.pop(key, None)  # the next call starts over with a new client
                 raise KafkaUnavailable(
                     f"Kafka at {self.bootstrap_servers} ({self._security()}) refused the login: "
                     f"{refused[0]}"
