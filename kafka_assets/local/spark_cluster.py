@@ -93,6 +93,10 @@ class SparkStandalone:
             "SPARK_WORKER_CORES": str(self.worker_cores),
             "SPARK_WORKER_MEMORY": self.worker_memory,
             "SPARK_WORKER_DIR": str(self.home / "work"),
+            # Executors' scratch space (shuffle, spills) under the cluster's home, not /tmp.
+            "SPARK_LOCAL_DIRS": str(self.home / "scratch"),
+            # The master's REST submission server would take port 6066 on every checkout.
+            "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",
         }
 
     def _commands(self) -> dict[str, list[str]]:
