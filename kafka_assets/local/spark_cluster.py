@@ -55,8 +55,6 @@ def _base_env(home: Path) -> dict[str, str]:
         "SPARK_LOCAL_IP": HOST,
         "SPARK_LOG_DIR": str(home),
         "SPARK_PID_DIR": str(home),
-        # The master's and worker's own JVMs stay small; executors are sized per application.
-        "SPARK_DAEMON_MEMORY": "256m",
         # Driver-side Python for what runs in the server (Spark Connect's foreachBatch).
         "PYSPARK_PYTHON": sys.executable,
     }
@@ -85,6 +83,9 @@ class SparkStandalone:
     def _env(self) -> dict[str, str]:
         return {
             **_base_env(self.home),
+            # The master's and worker's own JVMs stay small; executors are sized per application.
+            # (The launcher gives the Connect server this heap too, so it is set only here.)
+            "SPARK_DAEMON_MEMORY": "256m",
             "SPARK_MASTER_HOST": HOST,
             "SPARK_MASTER_PORT": str(self.master_port),
             "SPARK_MASTER_WEBUI_PORT": str(self.master_ui_port),
@@ -219,7 +220,6 @@ class SparkConnectServer:
         settings = {
             "spark.connect.grpc.binding.address": HOST,
             "spark.connect.grpc.binding.port": str(self.port),
-            "spark.driver.memory": self.driver_memory,
             "spark.driver.host": HOST,
             "spark.ui.enabled": "false",
             **sql_config(),
@@ -227,6 +227,7 @@ class SparkConnectServer:
         return [
             str(spark_home() / "bin" / "spark-submit"),
             *("--class", CONNECT_SERVER_CLASS, "--master", self.master),
+            *("--driver-memory", self.driver_memory),
             *("--name", "kafka-assets-connect"),
             *("--jars", ",".join(str(j) for j in jars)),
             *(arg for k, v in settings.items() for arg in ("--conf", f"{k}={v}")),
