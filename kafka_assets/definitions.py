@@ -22,7 +22,7 @@ from kafka_assets.cdc.connect import KafkaConnectResource, SourceDatabaseResourc
 from kafka_assets.kafka.resources import KafkaResource
 from kafka_assets.kafka.sensors import WatchedTopic, build_offsets_sensor
 from kafka_assets.lib import CdcSource, KafkaPipeline
-from kafka_assets.spark.resources import StreamingSettings, build_pyspark_resource
+from kafka_assets.spark.resources import SparkResource, StreamingSettings
 from kafka_assets.spark.staging import StagingIOManager
 from kafka_assets.warehouse.assets import build_quarantine_asset
 from kafka_assets.warehouse.io_manager import PostgresIOManager
@@ -167,7 +167,8 @@ def sensors(all_feeds: list[Feed], graph) -> list[dg.SensorDefinition]:
 
 
 def resources() -> dict[str, object]:
-    pyspark = build_pyspark_resource()
+    # local[N], spark://host:port (standalone) or sc://host:port (Spark Connect), read at run time.
+    pyspark = SparkResource(master=dg.EnvVar("SPARK_MASTER"))
     streaming = StreamingSettings(
         checkpoint_base=dg.EnvVar("SPARK_CHECKPOINT_BASE"),
         staging_base=dg.EnvVar("SPARK_STAGING_BASE"),

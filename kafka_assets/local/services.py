@@ -3,6 +3,10 @@
 `up()` honours servers the environment already names: a WAREHOUSE_DSN is used as it is and no
 PostgreSQL is started; KAFKA_BOOTSTRAP_SERVERS likewise for Kafka, SOURCE_DSN for the legacy
 source PostgreSQL that CDC reads, and CONNECT_URL for the Kafka Connect worker.
+
+Spark runs in local mode inside each run unless KAFKA_ASSETS_SPARK asks for a standalone cluster
+or a Spark Connect server (and SPARK_MASTER does not already name one); `.env` then points
+SPARK_MASTER at it.
 """
 
 import functools
@@ -17,7 +21,10 @@ from kafka_assets.local.connect_worker import ConnectWorker
 from kafka_assets.local.jars import CONNECT_PROFILES, PROFILES, ensure_jars
 from kafka_assets.local.kafka_broker import KafkaBroker
 from kafka_assets.local.postgres import LocalPostgres
+from kafka_assets.local.procs import ServiceError
+from kafka_assets.local.spark_cluster import SPARK_KINDS, SparkConnectServer, SparkStandalone
 from kafka_assets.paths import ENV_FILE, LOCAL_DIR
+from kafka_assets.spark.resources import LOCAL_MASTER, spark_kind
 
 
 @dataclass
@@ -31,6 +38,8 @@ class Endpoints:
     source_dsn: str = ""
     source_cdc_user: str = legacy_source.CDC_USER
     source_cdc_password: str = field(default="", repr=False)
+    spark_master: str = ""
+    """The cluster or Connect server `up()` started; empty when runs use local mode."""
 
     def as_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """The settings `.env.example` documents, filled in for these services."""
@@ -44,6 +53,7 @@ class Endpoints:
             "KAFKA_SSL_CA_LOCATION": base.get("KAFKA_SSL_CA_LOCATION", ""),
             "WAREHOUSE_DSN": self.warehouse_dsn,
             "WAREHOUSE_SCHEMA": base.get("WAREHOUSE_SCHEMA", "shop"),
+            "SPARK_MASTER": self.spark_master or base.get("SPARK_MASTER") or LOCAL_MASTER,
             "SPARK_CHECKPOINT_BASE": str(self.state_dir / "spark" / "checkpoints"),
             "SPARK_STAGING_BASE": str(self.state_dir / "spark" / "staging"),
             "DAGSTER_HOME": str(self.state_dir / "dagster_home"),
@@ -63,6 +73,13 @@ class LocalServices:
     pg_port: int = 15432
     connect_port: int = 18083
     source_pg_port: int = 15433
+    spark: str = "local"
+    """local (no process: each run starts Spark in local mode), standalone or connect."""
+    spark_master_port: int = 17077
+    spark_master_ui_port: int = 18080
+    spark_worker_port: int = 17078
+    spark_worker_ui_port: int = 18081
+    spark_connect_port: int = 15002
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
 
     @classmethod
@@ -74,6 +91,12 @@ class LocalServices:
             pg_port=int(env.get("KAFKA_ASSETS_PG_PORT", 15432)),
             connect_port=int(env.get("KAFKA_ASSETS_CONNECT_PORT", 18083)),
             source_pg_port=int(env.get("KAFKA_ASSETS_SOURCE_PG_PORT", 15433)),
+            spark=env.get("KAFKA_ASSETS_SPARK") or "local",
+            spark_master_port=int(env.get("KAFKA_ASSETS_SPARK_MASTER_PORT", 17077)),
+            spark_master_ui_port=int(env.get("KAFKA_ASSETS_SPARK_MASTER_UI_PORT", 18080)),
+            spark_worker_port=int(env.get("KAFKA_ASSETS_SPARK_WORKER_PORT", 17078)),
+            spark_worker_ui_port=int(env.get("KAFKA_ASSETS_SPARK_WORKER_UI_PORT", 18081)),
+            spark_connect_port=int(env.get("KAFKA_ASSETS_SPARK_CONNECT_PORT", 15002)),
             environ=env,
         )
 
@@ -114,8 +137,34 @@ class LocalServices:
             environment={"SOURCE_CDC_PASSWORD": self.source_cdc_password},
         )
 
+    @property
+    def spark_standalone(self) -> SparkStandalone:
+        return SparkStandalone(
+            self.state_dir / "spark-cluster",
+            self.spark_master_port,
+            self.spark_master_ui_port,
+            self.spark_worker_port,
+            self.spark_worker_ui_port,
+        )
+
+    @property
+    def spark_connect(self) -> SparkConnectServer:
+        return SparkConnectServer(self.state_dir / "spark-connect", self.spark_connect_port)
+
+    def _spark_to_start(self) -> SparkStandalone | SparkConnectServer | None:
+        """The Spark service to start: none in local mode or when SPARK_MASTER names one."""
+        if self.spark not in SPARK_KINDS:
+            raise ServiceError(
+                f"KAFKA_ASSETS_SPARK={self.spark!r}: expected one of {', '.join(SPARK_KINDS)}"
+            )
+        named = self.environ.get("SPARK_MASTER", "")
+        if self.spark == "local" or (named and spark_kind(named) != "local"):
+            return None
+        return self.spark_standalone if self.spark == "standalone" else self.spark_connect
+
     def up(self) -> Endpoints:
         timings: dict[str, float] = {}
+        spark = self._spark_to_start()
         connect_url = self.environ.get("CONNECT_URL", "")
         t = time.monotonic()
         ensure_jars(tuple(p for p in PROFILES if not (connect_url and p in CONNECT_PROFILES)))
@@ -134,6 +183,11 @@ class LocalServices:
             worker.launch()
             connect_url = worker.url
 
+        # Spark's daemons need nothing else either: they boot alongside PostgreSQL too.
+        if spark is not None:
+            spark_launched = time.monotonic()
+            spark.launch()
+
         dsn = self.environ.get("WAREHOUSE_DSN")
         dagster_url = self.environ.get("DAGSTER_PG_URL", "")
         if not dsn:
@@ -150,6 +204,11 @@ class LocalServices:
         if worker is not None:
             worker.wait_ready()
             timings["connect_start_s"] = time.monotonic() - connect_launched
+        spark_master = ""
+        if spark is not None:
+            spark.wait_ready()
+            timings[f"spark_{self.spark}_start_s"] = time.monotonic() - spark_launched
+            spark_master = getattr(spark, "master_url", None) or spark.url
 
         endpoints = Endpoints(
             bootstrap,
@@ -161,6 +220,7 @@ class LocalServices:
             source_dsn=source_dsn,
             source_cdc_user=self.environ.get("SOURCE_CDC_USER") or legacy_source.CDC_USER,
             source_cdc_password=self.source_cdc_password,
+            spark_master=spark_master,
         )
         write_dagster_yaml(Path(endpoints.as_env()["DAGSTER_HOME"]), postgres=bool(dagster_url))
         return endpoints
@@ -168,6 +228,10 @@ class LocalServices:
     def down(self) -> list[str]:
         """The worker first: it stops cleanly only while its Kafka is still there."""
         stopped = []
+        if self.spark_standalone.stop():
+            stopped.append("spark-standalone")
+        if self.spark_connect.stop():
+            stopped.append("spark-connect")
         if self.connect_worker().stop():
             stopped.append("connect")
         if self.broker.stop():
@@ -184,6 +248,8 @@ class LocalServices:
             "postgres": self.postgres.status(),
             "source-pg": self.source_postgres.status(),
             "connect": self.connect_worker().status(),
+            "spark": self.spark_standalone.status(),
+            "spark-conn": self.spark_connect.status(),
         }
 
 

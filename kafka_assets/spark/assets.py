@@ -4,11 +4,10 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
 
 from kafka_assets.kafka.resources import KafkaResource, KafkaUnavailable
 from kafka_assets.spark.replay import DataLost, StreamRunConfig, plan_start
-from kafka_assets.spark.resources import StreamingSettings
+from kafka_assets.spark.resources import SparkResource, StreamingSettings
 from kafka_assets.spark.streams import (
     StreamRun,
     StreamSpec,
@@ -95,7 +94,7 @@ def build_stream_asset(
     def _stream(
         context: dg.AssetExecutionContext,
         config: StreamRunConfig,
-        pyspark: LazyPySparkResource,
+        pyspark: SparkResource,
         kafka: KafkaResource,
         streaming: StreamingSettings,
     ) -> dg.Output[StreamRun]:
@@ -160,6 +159,8 @@ def build_stream_asset(
                 **stream_metadata(run, committed),
                 "lag_messages": dg.MetadataValue.int(lag),
                 "waited_for_other_run_s": round(waited, 3),
+                # Which Spark ran the query: local mode, a standalone cluster or Spark Connect.
+                "spark_master": pyspark.master,
                 **extra,
             },
         )

@@ -8,17 +8,18 @@ nothing: its batches are simply still pending on the next run.
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
-from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 
 from kafka_assets.spark.assets import READERS_METADATA, STREAM_METADATA
-from kafka_assets.spark.resources import StreamingSettings
+from kafka_assets.spark.resources import SparkResource, StreamingSettings
 from kafka_assets.spark.streams import StreamRun, local_path
 
 MESSAGE_TIME = "kafka_timestamp"
@@ -54,14 +55,43 @@ class StagedStream:
         return self.transform(df) if self.transform else df
 
     def exists(self, batch: StagedBatch) -> bool:
+        local = _local_only(self.spark, batch.path)
+        if local is not None:
+            return local.exists()
         path, fs = _hadoop_path(self.spark, batch.path)
         return bool(fs.exists(path))
 
     def delete(self, batch: StagedBatch) -> None:
         """Remove a loaded batch; Spark rewrites it only if it replays that batch, which the
         ledger then skips."""
+        local = _local_only(self.spark, batch.path)
+        if local is not None:
+            shutil.rmtree(local, ignore_errors=True)
+            return
         path, fs = _hadoop_path(self.spark, batch.path)
         fs.delete(path, True)
+
+
+class RemoteStagingNeedsJvm(RuntimeError):
+    """Spark Connect gives the client no JVM, so no Hadoop FileSystem for a remote staging URI."""
+
+
+def _local_only(spark: SparkSession, uri: str) -> Path | None:
+    """The local file to use instead of Hadoop's FileSystem, when the session has no JVM here.
+
+    A Spark Connect session runs its JVM in the server; staging on a local path (the server on
+    this machine) is then handled with plain file operations.
+    """
+    if not type(spark).__module__.startswith("pyspark.sql.connect"):
+        return None
+    path = local_path(uri)
+    if path is None:
+        raise RemoteStagingNeedsJvm(
+            f"staging at {uri} is reached through Hadoop's FileSystem, which needs a Spark "
+            "session with a JVM in this process (local mode or a standalone cluster); with "
+            "Spark Connect, stage on a local path"
+        )
+    return path
 
 
 def _hadoop_path(spark: SparkSession, uri: str):
@@ -97,6 +127,9 @@ def newest_message_time(batch: StagedBatch) -> datetime | None:
 
 def list_batches(spark: SparkSession, staging_path: str) -> list[StagedBatch]:
     """List batch directories through Hadoop's FileSystem, so any Hadoop URI works."""
+    local = _local_only(spark, staging_path)
+    if local is not None:
+        return _list_local_batches(local)
     jvm = spark.sparkContext._jvm
     root, fs = _hadoop_path(spark, staging_path)
     if not fs.exists(root):
@@ -114,16 +147,33 @@ def list_batches(spark: SparkSession, staging_path: str) -> list[StagedBatch]:
     return sorted(found, key=lambda b: (b.query_id, b.batch_id))
 
 
+def _list_local_batches(root: Path) -> list[StagedBatch]:
+    """The same listing with plain file operations, paths written as Hadoop writes them."""
+    found = []
+    for success in root.glob("query=*/batch=*/_SUCCESS"):
+        path = f"file:{success.parent}"
+        match = _BATCH_DIR.search(path)
+        if match:
+            found.append(StagedBatch(match.group(1), int(match.group(2)), path))
+    return sorted(found, key=lambda b: (b.query_id, b.batch_id))
+
+
 class StagingIOManager(dg.ConfigurableIOManager):
     """Keeps a stream's run report beside its staged batches; loads them as a StagedStream."""
 
     settings: StreamingSettings
-    pyspark: LazyPySparkResource
+    pyspark: SparkResource
 
     def handle_output(self, context: dg.OutputContext, obj: StreamRun) -> None:
         report = json.dumps(obj.__dict__, default=str)
         target = f"{self.settings.staging_path(obj.stream)}/_runs/{obj.run_id}.json"
-        path, fs = _hadoop_path(self.pyspark.spark_session, target)
+        spark = self.pyspark.spark_session
+        local = _local_only(spark, target)
+        if local is not None:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text(report)
+            return
+        path, fs = _hadoop_path(spark, target)
         out = fs.create(path, True)
         try:
             out.write(bytearray(report.encode()))

@@ -197,3 +197,84 @@ def test_debezium_config_reads_the_source_dsn() -> None:
         legacy_source.debezium_postgres_config(
             "postgresql://h", user="u", password="p", topic_prefix="t", slot_name="s"
         )
+
+
+def test_spark_master_names_the_kind_of_spark() -> None:
+    from kafka_assets.spark.resources import spark_kind
+
+    assert spark_kind("local[2]") == spark_kind("local") == "local"
+    assert spark_kind("spark://127.0.0.1:7077") == "standalone"
+    assert spark_kind("sc://127.0.0.1:15002") == "connect"
+    with pytest.raises(ValueError, match="SPARK_MASTER='yarn'"):
+        spark_kind("yarn")
+
+
+def test_a_standalone_cluster_gets_the_connector_jars_and_small_executors(tmp_path: Path) -> None:
+    from kafka_assets.spark.resources import spark_config
+
+    (tmp_path / "kafka-clients.jar").touch()
+    (tmp_path / "spark-sql-kafka.jar").touch()
+    local = spark_config("local[2]", tmp_path)
+    assert "spark.jars" not in local and "spark.executor.memory" not in local
+    cluster = spark_config("spark://127.0.0.1:7077", tmp_path, "768m", 1, 1)
+    assert cluster["spark.master"] == "spark://127.0.0.1:7077"
+    assert cluster["spark.jars"].split(",") == [
+        str(tmp_path / "kafka-clients.jar"),
+        str(tmp_path / "spark-sql-kafka.jar"),
+    ]
+    assert cluster["spark.driver.extraClassPath"] == str(tmp_path / "*")
+    assert (cluster["spark.executor.memory"], cluster["spark.executor.cores"]) == ("768m", "1")
+    assert cluster["spark.cores.max"] == "1"
+
+
+def test_spark_services_use_explicit_ports_from_the_environment(tmp_path: Path) -> None:
+    example = _env_example()
+    assert LocalServices.from_env({}).spark == example["KAFKA_ASSETS_SPARK"] == "local"
+    svc = LocalServices.from_env(
+        {
+            "KAFKA_ASSETS_SPARK": "standalone",
+            "KAFKA_ASSETS_SPARK_MASTER_PORT": "27077",
+            "KAFKA_ASSETS_SPARK_MASTER_UI_PORT": "28080",
+            "KAFKA_ASSETS_SPARK_WORKER_PORT": "27078",
+            "KAFKA_ASSETS_SPARK_WORKER_UI_PORT": "28081",
+            "KAFKA_ASSETS_SPARK_CONNECT_PORT": "25002",
+        }
+    )
+    cluster = svc.spark_standalone
+    assert cluster.master_url == "spark://127.0.0.1:27077"
+    commands = cluster._commands()
+    assert commands["master"][1] == "org.apache.spark.deploy.master.Master"
+    assert commands["worker"][1] == "org.apache.spark.deploy.worker.Worker"
+    for name, ports in {"master": ("27077", "28080"), "worker": ("27078", "28081")}.items():
+        command = commands[name]
+        assert command[command.index("--port") + 1] == ports[0]
+        assert command[command.index("--webui-port") + 1] == ports[1]
+    assert commands["worker"][-1] == cluster.master_url
+    env = cluster._env()
+    assert env["SPARK_LOCAL_IP"] == "127.0.0.1"
+    assert env["SPARK_WORKER_DIR"].startswith(str(svc.state_dir))
+    assert svc.spark_connect.url == "sc://127.0.0.1:25002"
+    assert svc._spark_to_start() == cluster
+    # A cluster SPARK_MASTER already names is used as it is: nothing is started.
+    named = LocalServices.from_env({"KAFKA_ASSETS_SPARK": "connect", "SPARK_MASTER": "sc://h:1"})
+    assert named._spark_to_start() is None
+
+
+def test_spark_master_in_the_env_is_local_unless_a_cluster_was_started(tmp_path: Path) -> None:
+    endpoints = Endpoints("127.0.0.1:1", "postgresql://p@127.0.0.1:2/w", "", tmp_path)
+    assert endpoints.as_env()["SPARK_MASTER"] == "local[2]"
+    assert endpoints.as_env({"SPARK_MASTER": "local[1]"})["SPARK_MASTER"] == "local[1]"
+    endpoints.spark_master = "spark://127.0.0.1:17077"
+    assert endpoints.as_env({"SPARK_MASTER": "local[1]"})["SPARK_MASTER"] == endpoints.spark_master
+
+
+def test_staged_batches_are_listed_without_a_jvm(tmp_path: Path) -> None:
+    """Spark Connect gives no JVM here: local staging is listed with plain file operations."""
+    from kafka_assets.spark.staging import _list_local_batches
+
+    done = tmp_path / "query=ab-12" / "batch=000000000001"
+    done.mkdir(parents=True)
+    (done / "_SUCCESS").touch()
+    (tmp_path / "query=ab-12" / "batch=000000000002").mkdir()  # still being written
+    (batch,) = _list_local_batches(tmp_path)
+    assert (batch.query_id, batch.batch_id, batch.path) == ("ab-12", 1, f"file:{done}")

@@ -100,11 +100,9 @@ def test_an_unreachable_cluster_is_a_skip_that_keeps_the_cursor() -> None:
 
 
 def test_a_stream_fails_naming_the_bootstrap_servers_it_cannot_reach(tmp_path) -> None:
-    from dagster_pyspark import LazyPySparkResource
-
     from kafka_assets.definitions import pipelines
     from kafka_assets.spark.assets import build_stream_asset
-    from kafka_assets.spark.resources import StreamingSettings
+    from kafka_assets.spark.resources import SparkResource, StreamingSettings
 
     address = f"127.0.0.1:{free_port()}"
     orders = next(p for p in pipelines if p.topic.name == "orders")
@@ -118,7 +116,7 @@ def test_a_stream_fails_naming_the_bootstrap_servers_it_cannot_reach(tmp_path) -
             "streaming": StreamingSettings(
                 checkpoint_base=str(tmp_path / "c"), staging_base=str(tmp_path / "s")
             ),
-            "pyspark": LazyPySparkResource(spark_config={}),  # never started: fails before Spark
+            "pyspark": SparkResource(),  # never started: fails before Spark
             "staging_io_manager": dg.mem_io_manager,
         },
         raise_on_error=False,
