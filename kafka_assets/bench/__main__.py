@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
+    from kafka_assets.local.jars import BENCH_PROFILES, ensure_jars
     from kafka_assets.local.services import LocalServices
 
+    ensure_jars(BENCH_PROFILES)  # before the worker starts: it finds its plugins then
     shutil.rmtree(BENCH_DIR, ignore_errors=True)
     BENCH_DIR.mkdir(parents=True)
     services = LocalServices(
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 def measure(env: dict[str, str], args) -> dict[str, object]:
     from kafka_assets import runner
     from kafka_assets.bench.backlog import fill, measure_backlog
+    from kafka_assets.bench.connect_sink import SchemaTopic, measure_sink
     from kafka_assets.bench.copy_merge import RowsCsv, copy_and_merge
     from kafka_assets.bench.freshness import measure_freshness
     from kafka_assets.bench.plain import run_pipeline
@@ -174,13 +177,19 @@ def measure(env: dict[str, str], args) -> dict[str, object]:
     # The same valid rows go to a CSV for COPY + merge as they are produced.
     orders_table = next(t.table for t in pipeline.table_plans if t.spec.mode == "latest")
     rows_csv = RowsCsv(orders_table, BENCH_DIR / "copy_rows.csv")
+    # ... and, for the Kafka Connect sink, to a topic in JsonConverter's schema-and-payload form.
+    schema_topic = SchemaTopic(kafka, orders_table, topic.partitions)
     value_bytes = [0]
+    template: dict = {}
 
     def recorded(count: int, **kwargs) -> Iterator:
         for message in orders_only(count, **kwargs):
             value_bytes[0] += len(message.value)
             if not message.malformed:
-                rows_csv.add(json.loads(message.value))
+                doc = json.loads(message.value)
+                rows_csv.add(doc)
+                schema_topic.send(message.key, doc)
+                template.update(doc)
             yield message
 
     start = "2026-11-24T00:00:00+00:00"
@@ -194,6 +203,7 @@ def measure(env: dict[str, str], args) -> dict[str, object]:
     main_batch = ProduceConfig(count=args.messages, seed=1, **config)
     sent = produce(kafka, recorded, [topic.name], main_batch)
     rows_csv.close()
+    schema_topic.close(template)
     messages = total()
     bytes_total = value_bytes[0]
     print(
@@ -236,6 +246,15 @@ def measure(env: dict[str, str], args) -> dict[str, object]:
     _, copy_wh = settings("copy")
     copy_s = copy_and_merge(copy_wh, orders_table, rows_csv.path)
     rows_csv.path.unlink()
+
+    print("connect    the same rows through Debezium's JDBC sink on Kafka Connect", flush=True)
+    sink = measure_sink(
+        env["CONNECT_URL"],
+        env["WAREHOUSE_DSN"],
+        orders_table,
+        topic.partitions,
+        schema_topic.rows - topic.partitions,
+    )
 
     print("sensor     10 topics x 12 partitions", flush=True)
     ticks = measure_ticks(instance, kafka)
@@ -285,6 +304,7 @@ def measure(env: dict[str, str], args) -> dict[str, object]:
             "ratio_to_copy_merge": round(e2e_rate / copy_rate, 3),
             "goal": ">= 0.5",
         },
+        "connect_sink": {**sink, "ratio_pipeline_to_sink": round(e2e_rate / sink["rows_per_s"], 3)},
         "overhead": {
             "plain_s": round(plain.seconds, 2),
             "dagster_s": round(dagster_s, 2),

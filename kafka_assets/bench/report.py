@@ -15,6 +15,18 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
             f"ratio {e2e['ratio_to_copy_merge']}",
             f"ratio {e2e['goal']}",
         ),
+        *(
+            [
+                (
+                    "Kafka Connect instead: Debezium JDBC sink, the same rows",
+                    f"{sink['rows_per_s']:,} rows/s ({sink['seconds']} s)",
+                    f"pipeline / sink: ratio {sink['ratio_pipeline_to_sink']}",
+                    "reported",
+                )
+            ]
+            if (sink := results.get("connect_sink"))
+            else []
+        ),
         (
             "Dagster overhead (same streams and loads as a plain pyspark script)",
             f"Dagster {over['dagster_s']} s",

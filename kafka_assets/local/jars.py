@@ -20,8 +20,11 @@ OUT_DIRS = {
     "spark": SPARK_JARS_DIR,
     "connect": CONNECT_JARS_DIR,
     "debezium": CONNECT_PLUGINS_DIR / "debezium-connector-postgres",
+    "jdbc-sink": CONNECT_PLUGINS_DIR / "debezium-connector-jdbc",
 }
-PROFILES = tuple(OUT_DIRS)
+# Resolved by `make bench` alone: the sink the benchmark compares the pipeline with.
+BENCH_PROFILES = ("jdbc-sink",)
+PROFILES = tuple(p for p in OUT_DIRS if p not in BENCH_PROFILES)
 # Only the local Kafka Connect worker needs these (not when CONNECT_URL names another worker).
 CONNECT_PROFILES = ("connect", "debezium")
 
