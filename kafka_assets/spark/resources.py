@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster_pyspark import LazyPySparkResource
 from pydantic import PrivateAttr
 from pyspark.sql import SparkSession
 
@@ -85,9 +86,10 @@ def spark_config(
 class SparkResource(dg.ConfigurableResource):
     """The Spark session of a run, on whatever `master` (SPARK_MASTER) names, built on first use.
 
-    dagster-pyspark's LazyPySparkResource takes its settings when the definitions are built and
-    only builds classic sessions; here the master is read at run time, and `sc://` gets a Spark
-    Connect session (`builder.remote`). Either way assets use `pyspark.spark_session`.
+    The master is read at run time. A classic session (local mode, a standalone cluster) is built
+    by dagster-pyspark's LazyPySparkResource from `spark_config`; `sc://` gets a Spark Connect
+    session (`builder.remote`), which dagster-pyspark does not build. Either way assets use
+    `pyspark.spark_session`.
     """
 
     master: str = LOCAL_MASTER
@@ -121,10 +123,7 @@ class SparkResource(dg.ConfigurableResource):
             executor_cores=self.executor_cores,
             max_cores=self.max_cores,
         )
-        builder = SparkSession.builder
-        for key, value in config.items():
-            builder = builder.config(key, value)
-        session = builder.getOrCreate()
+        session = LazyPySparkResource(spark_config=config).spark_session
         running = session.sparkContext.master
         if running != self.master:
             # getOrCreate hands back the process's existing session whatever master was asked.
