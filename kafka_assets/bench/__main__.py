@@ -146,6 +146,17 @@ def measure(env: dict[str, str], args) -> dict[str, object]:
     kafka = KafkaResource(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
     spark = build_pyspark_resource().spark_session
 
+    def point_runs_at(name: str) -> None:
+        """Dagster runs in this process use their own schema, checkpoints and staging."""
+        env.update(
+            {
+                "WAREHOUSE_SCHEMA": f"bench_{name}",
+                "SPARK_CHECKPOINT_BASE": str(BENCH_DIR / name / "checkpoints"),
+                "SPARK_STAGING_BASE": str(BENCH_DIR / name / "staging"),
+            }
+        )
+        os.environ.update(env)
+
     def settings(name: str) -> tuple[StreamingSettings, PostgresResource]:
         return (
             StreamingSettings(
@@ -217,14 +228,7 @@ def measure(env: dict[str, str], args) -> dict[str, object]:
     plain = run_pipeline(spark, pipeline, kafka, streaming, warehouse)
 
     print(f"dagster    {messages} messages, the same selection materialized", flush=True)
-    env.update(
-        {
-            "WAREHOUSE_SCHEMA": "bench_dagster",
-            "SPARK_CHECKPOINT_BASE": str(BENCH_DIR / "dagster" / "checkpoints"),
-            "SPARK_STAGING_BASE": str(BENCH_DIR / "dagster" / "staging"),
-        }
-    )
-    os.environ.update(env)
+    point_runs_at("dagster")
     instance = dg.DagsterInstance.get()
     selection = [s.key for s in pipeline.streams] + [t.key for t in pipeline.table_plans]
     selection.append(pipeline.quarantine_key)
@@ -271,14 +275,7 @@ def measure(env: dict[str, str], args) -> dict[str, object]:
         )
         fill_s = fill(kafka, topic.name, orders_only, more)
         print(f"           sent in {fill_s:.0f}s", flush=True)
-        env.update(
-            {
-                "WAREHOUSE_SCHEMA": "bench_backlog",
-                "SPARK_CHECKPOINT_BASE": str(BENCH_DIR / "backlog" / "checkpoints"),
-                "SPARK_STAGING_BASE": str(BENCH_DIR / "backlog" / "staging"),
-            }
-        )
-        os.environ.update(env)
+        point_runs_at("backlog")
         gateway = getattr(spark.sparkContext, "_gateway", None)
         backlog = measure_backlog(
             instance,
