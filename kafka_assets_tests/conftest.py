@@ -47,6 +47,47 @@ def spark():
 
 
 @pytest.fixture(scope="session")
+def spark_connect():
+    """A warm Spark Connect server for runs in other processes (the daemon's, a child's).
+
+    It starts in the background as soon as a test asks for it, so its JVM boots while the test
+    prepares topics; `.url` waits until it listens.
+    """
+    from kafka_assets.local.jars import ensure_jars
+    from kafka_assets.local.spark_cluster import SparkConnectServer
+
+    state = LOCAL_DIR / "test" / "spark-connect"
+    shutil.rmtree(state, ignore_errors=True)
+    server = SparkConnectServer(state, port=free_port(), driver_memory="1536m")
+    try:
+        ensure_jars(("spark",))
+        server.launch()
+    except Exception as exc:  # noqa: BLE001
+        server.stop()
+        unavailable("Spark Connect", exc)
+    ready = WarmServer(server)
+    yield ready
+    server.stop()
+
+
+class WarmServer:
+    """The Spark Connect server, waited for on first use."""
+
+    def __init__(self, server):
+        self._server, self._ready = server, False
+
+    @property
+    def url(self) -> str:
+        if not self._ready:
+            try:
+                self._server.wait_ready(180)
+            except Exception as exc:  # noqa: BLE001
+                unavailable("Spark Connect", exc)
+            self._ready = True
+        return self._server.url
+
+
+@pytest.fixture(scope="session")
 def services():
     """Kafka, PostgreSQL, the legacy source PostgreSQL and Kafka Connect for this test session.
 

@@ -9,8 +9,8 @@ warehouse loads staged batches later and records them, so a batch is never loade
 import fcntl
 import json
 import os
-import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -201,6 +201,66 @@ def _topic_offsets(raw: str | dict | None, topic: str) -> dict[str, int]:
     return {str(p): int(o) for p, o in (data.get(topic) or {}).items()}
 
 
+def stream_query_id(spark: SparkSession, checkpoint_path: str) -> str:
+    """The id of the query a checkpoint belongs to, fixed before the query starts.
+
+    Spark keeps it in `<checkpoint>/metadata` and reuses it on every restart; a new checkpoint is
+    given one here, which Spark then adopts. Knowing it up front lets the micro-batch writer be a
+    plain function of its arguments, with no state shared with this process: Spark Connect runs
+    it in the server.
+    """
+    local = local_path(checkpoint_path)
+    if local is not None:
+        meta = local / "metadata"
+        if not meta.exists():
+            local.mkdir(parents=True, exist_ok=True)
+            meta.write_text(json.dumps({"id": str(uuid.uuid4())}) + "\n")
+        return str(json.loads(meta.read_text())["id"])
+    if type(spark).__module__.startswith("pyspark.sql.connect"):
+        raise StreamError(
+            f"the checkpoint {checkpoint_path} is remote: with Spark Connect, checkpoints must be "
+            "on a path this machine and the server share"
+        )
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(f"{checkpoint_path.rstrip('/')}/metadata")
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(path):
+        out = fs.create(path, False)
+        try:
+            out.write(bytearray((json.dumps({"id": str(uuid.uuid4())}) + "\n").encode()))
+        finally:
+            out.close()
+    stream = fs.open(path)
+    try:
+        text = jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+    return str(json.loads(text.splitlines()[0])["id"])
+
+
+def staged_batch_writer(target: str) -> Callable[[DataFrame, int], None]:
+    """The foreachBatch function: each micro-batch to `<target>/batch=<n>`, overwritten on replay.
+
+    It closes over a string only, so it pickles for Spark Connect's server as well as running in
+    this process.
+    """
+
+    def write_batch(batch: DataFrame, batch_id: int) -> None:
+        fault_point("stream.before_stage")
+        batch.write.mode("overwrite").parquet(f"{target}/batch={batch_id:012d}")
+        fault_point("stream.after_stage")
+
+    return write_batch
+
+
+def _progress(progress) -> dict:
+    """A progress report as a dict; Spark Connect leaves the top-level row count out."""
+    p = json.loads(progress.json) if hasattr(progress, "json") else dict(progress)
+    if p.get("numInputRows") is None:
+        p["numInputRows"] = sum(int(s.get("numInputRows") or 0) for s in p.get("sources") or [])
+    return p
+
+
 def run_available_now(
     spark: SparkSession,
     spec: StreamSpec,
@@ -226,29 +286,18 @@ def run_available_now(
         .load()
     )
     out = spec.transform(raw)
-    query_id: dict[str, str] = {}
-    ready = threading.Event()
-    written: dict[int, int] = {}
-
-    def write_batch(batch: DataFrame, batch_id: int) -> None:
-        ready.wait(60)
-        target = f"{staging_path}/query={query_id['id']}/batch={batch_id:012d}"
-        fault_point("stream.before_stage")
-        batch.write.mode("overwrite").parquet(target)
-        fault_point("stream.after_stage")
-        written[batch_id] = 1
+    query_id = stream_query_id(spark, checkpoint_path)
+    staged_under = f"{staging_path}/query={query_id}"
 
     started = time.monotonic()
     query = (
         out.writeStream.queryName(spec.name)
-        .foreachBatch(write_batch)
+        .foreachBatch(staged_batch_writer(staged_under))
         .outputMode(spec.output_mode)
         .option("checkpointLocation", checkpoint_path)
         .trigger(availableNow=True)
         .start()
     )
-    query_id["id"] = str(query.id)
-    ready.set()
     try:
         query.awaitTermination()
     except Exception as exc:
@@ -257,18 +306,23 @@ def run_available_now(
         ) from exc
     duration = time.monotonic() - started
     fault_point("stream.after_query")
+    if str(query.id) != query_id:
+        raise StreamError(
+            f"Stream '{spec.name}': Spark ran query {query.id}, but its checkpoint "
+            f"{checkpoint_path} names {query_id}; its batches were staged under the latter"
+        )
 
     run = StreamRun(
         stream=spec.name,
         topic=spec.topic,
-        query_id=str(query.id),
+        query_id=query_id,
         run_id=str(query.runId),
         staging_path=staging_path,
         checkpoint_path=checkpoint_path,
         duration_s=duration,
     )
     for progress in query.recentProgress:
-        p = json.loads(progress.json) if hasattr(progress, "json") else progress
+        p = _progress(progress)
         source = (p.get("sources") or [{}])[0]
         start = _topic_offsets(source.get("startOffset"), spec.topic)
         end = _topic_offsets(source.get("endOffset"), spec.topic)
@@ -296,7 +350,15 @@ def run_available_now(
             run.start_offsets[part] = min(off, run.start_offsets.get(part, off))
         for part, off in end.items():
             run.end_offsets[part] = max(off, run.end_offsets.get(part, off))
-    run.batches_staged = len(written)
+    run.batches_staged = _count_staged(staged_under, [b["batch_id"] for b in run.batches])
     # availableNow ends with a batch that finds nothing new; only batches that read count.
     run.batches = [b for b in run.batches if b["input_rows"]]
     return run
+
+
+def _count_staged(staged_under: str, batch_ids: list) -> int:
+    """How many of this run's micro-batches have a staged directory (all of them, remotely)."""
+    root = local_path(staged_under)
+    if root is None:
+        return len(batch_ids)
+    return sum(1 for b in batch_ids if (root / f"batch={int(b):012d}" / "_SUCCESS").exists())

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -20,8 +21,15 @@ from kafka_assets import runner
 from kafka_assets.local.services import write_dagster_yaml
 from kafka_assets.local.spark_cluster import SparkStandalone
 from kafka_assets.paths import PROJECT_ROOT
+from kafka_assets.shop.generator import GeneratorConfig, generate
 from kafka_assets_tests.conftest import free_port
-from kafka_assets_tests.integration.test_pipeline import _expected, _produce, _query, _tick
+from kafka_assets_tests.integration.test_pipeline import (
+    START,
+    _expected,
+    _produce,
+    _query,
+    _tick,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +119,57 @@ def _finished_apps(cluster: SparkStandalone, timeout: float = 20.0) -> list[dict
         if apps or time.monotonic() > deadline:
             return apps
         time.sleep(0.5)
+
+
+def test_the_pipeline_runs_over_spark_connect(pipeline_env, spark_connect, tmp_path):
+    """SPARK_MASTER=sc://…: the streams' queries and their micro-batch writer run in the server."""
+    env = pipeline_env
+    write_dagster_yaml(Path(env["DAGSTER_HOME"]), postgres=False)
+    instance = dg.DagsterInstance.get()
+    topics = [dg.AssetKey(["kafka", "orders"]), dg.AssetKey(["kafka", "page_views"])]
+    assert runner.materialize(instance, topics).success
+    sent = _produce(instance, COUNT, seed=SEED)
+    selection = ORDERS_SLICE | {
+        dg.AssetKey(["spark", "revenue_per_minute"]),
+        dg.AssetKey(["warehouse", "revenue_per_minute"]),
+    }
+    spec = json.dumps({"selection": sorted(k.to_user_string() for k in selection)})
+    log = tmp_path / "connect-run.log"
+    url = spark_connect.url
+    began = time.monotonic()
+    with log.open("w") as out:
+        code = subprocess.run(
+            [sys.executable, "-m", "kafka_assets_tests.fault_run", spec],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "SPARK_MASTER": url},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+            check=False,
+        ).returncode
+    assert code == 0, f"the run over {url} failed; see {log}"
+    print(f"\nrun over Spark Connect took {time.monotonic() - began:.1f}s")
+
+    stream = instance.get_latest_materialization_event(ORDERS_STREAM).asset_materialization
+    assert stream.metadata["spark_master"].value == url
+    assert stream.metadata["input_rows"].value == sent["acked"]["orders"]
+    assert sum(stream.metadata["end_offsets"].value.values()) == sent["acked"]["orders"]
+    latest, _ = _expected([(COUNT, SEED)])
+    assert dict(_query(env, "SELECT order_id, status FROM orders")) == latest
+    assert _query(env, "SELECT count(*) FROM quarantine")[0][0] == sent["malformed"]["orders"]
+    # The aggregate's stateful query ran in the server too: one batch, so every paid order
+    # event is counted once (the watermark drops nothing within the first batch).
+    counted = _query(env, "SELECT coalesce(sum(orders), 0) FROM revenue_per_minute")[0][0]
+    assert counted == _paid_events(COUNT, SEED)
+    checks = runner.check_results(runner.materialize(instance, [], checks=[RECONCILED]))
+    assert checks == {"warehouse/orders:orders_events_reconciled": True}
+
+
+def _paid_events(count: int, seed: int) -> int:
+    start = datetime.fromisoformat(START.replace("Z", "+00:00"))
+    config = GeneratorConfig(seed=seed, malformed_fraction=0.02)
+    return sum(
+        1
+        for m in generate(count, config, start)
+        if m.topic == "orders" and not m.malformed and json.loads(m.value)["status"] == "paid"
+    )
