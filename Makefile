@@ -44,6 +44,9 @@ status: install
 demo: install
 	$(PY) -m kafka_assets.demo --messages $(MESSAGES)
 
+# The daemon's runs use a warm Spark: a Spark Connect server starts with the services, so a
+# sensor's run starts no JVM of its own (KAFKA_ASSETS_SPARK=local: a Spark inside each run).
+dev: export KAFKA_ASSETS_SPARK ?= connect
 dev: services-up
 	set -a && . ./.env && set +a && $(VENV)/bin/dagster dev -w workspace.yaml \
 		-h $(KAFKA_ASSETS_UI_HOST) -p $(KAFKA_ASSETS_UI_PORT)

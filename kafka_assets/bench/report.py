@@ -49,7 +49,7 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                 f"Produce -> queryable under dagster-daemon, {fresh['trickles']} trickles of "
                 f"{fresh['messages_each']}",
                 f"p50 {fresh['p50_s']} s, p95 {fresh['p95_s']} s, max {fresh['max_s']} s",
-                "offsets sensor, run launcher, a new Spark per run",
+                "offsets sensor, run queue and launcher, runs on a warm Spark Connect server",
                 fresh["goal"],
             )
         )

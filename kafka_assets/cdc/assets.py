@@ -22,11 +22,11 @@ from kafka_assets.cdc.connect import (
 from kafka_assets.cdc.envelope import EnvelopeSchema, mirror_rows, parse_envelopes, sample_messages
 from kafka_assets.kafka.resources import KafkaResource
 from kafka_assets.kafka.topics import offsets_version, topic_metadata
-from kafka_assets.spark.assets import committed_offsets
+from kafka_assets.spark.assets import PRIORITY_TAG, committed_offsets
 from kafka_assets.spark.staging import StagedStream
 from kafka_assets.spark.streams import StreamSpec
 from kafka_assets.spec import CDC_COLUMNS, CdcSourceSpec, MirrorSpec
-from kafka_assets.warehouse.assets import FOLLOW_STREAMS
+from kafka_assets.warehouse.assets import FOLLOW_STREAMS, TABLE_PRIORITY
 from kafka_assets.warehouse.checks import FOLLOW_TABLE
 from kafka_assets.warehouse.io_manager import MirrorLoad
 from kafka_assets.warehouse.mirror import mirror_columns_sql
@@ -188,6 +188,7 @@ def build_mirror_asset(
         group_name=group,
         kinds={"postgres"},
         io_manager_key="warehouse_io_manager",
+        op_tags={PRIORITY_TAG: str(TABLE_PRIORITY)},
         automation_condition=FOLLOW_STREAMS,
         description=(
             f"Mirror of the source table {spec.name}: changes applied in source order per key "

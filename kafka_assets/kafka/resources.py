@@ -63,6 +63,12 @@ class KafkaResource(dg.ConfigurableResource):
     ssl_ca_location: str = ""
     client_id: str = "kafka-assets"
     request_timeout_s: float = 15.0
+    spark_fetch_max_wait_ms: int = 10
+    """How long the broker may hold a fetch from Spark's consumers that finds no new data.
+
+    Spark reads ranges that already exist, yet each task's consumer waits this long once at the
+    end of its range: at Kafka's default of 500 ms, a 100-message micro-batch over 6 partitions
+    took 2.2 s on 2 cores, and 0.45 s at 10 ms."""
 
     # -- settings -------------------------------------------------------------------------
     def client_config(self) -> dict[str, str]:
@@ -83,6 +89,7 @@ class KafkaResource(dg.ConfigurableResource):
         opts = {
             "kafka.bootstrap.servers": self.bootstrap_servers,
             "kafka.security.protocol": self.security_protocol or "PLAINTEXT",
+            "kafka.fetch.max.wait.ms": str(self.spark_fetch_max_wait_ms),
         }
         if self.sasl_mechanism:
             module = _SASL_MODULES.get(self.sasl_mechanism.upper())

@@ -20,6 +20,10 @@ from kafka_assets.spark.streams import (
 
 STREAM_METADATA = "kafka_assets/stream"
 """Definition metadata naming a stream asset's stream: its checkpoint and staging directory."""
+PRIORITY_TAG = "dagster/priority"
+"""Step order within a run: the in-process executor runs the ready step of highest priority."""
+PARSING_STREAM_PRIORITY = 1
+"""Above an aggregate stream (0): a run stages the rows its tables load before the aggregates."""
 READERS_METADATA = "kafka_assets/readers"
 """Definition metadata listing the warehouse tables that load a stream's staged batches: once
 all of them have a batch in the ledger, the batch is deleted."""
@@ -77,10 +81,12 @@ def build_stream_asset(
     group: str,
     kinds: Iterable[str],
     readers: Iterable[str] = (),
+    priority: int = 0,
 ) -> dg.AssetsDefinition:
     @dg.asset(
         key=key,
         group_name=group,
+        op_tags={PRIORITY_TAG: str(priority)},
         kinds=set(kinds),
         deps=[topic_key],
         io_manager_key="staging_io_manager",

@@ -7,6 +7,7 @@ import dagster as dg
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from kafka_assets.spark.assets import PARSING_STREAM_PRIORITY, PRIORITY_TAG
 from kafka_assets.spark.staging import StagedStream
 from kafka_assets.spec import POSITION_COLUMNS, AssetOptions, FreshnessSpec
 from kafka_assets.warehouse.io_manager import TableLoad
@@ -16,6 +17,10 @@ from kafka_assets.warehouse.tables import Table
 # by hand), the tables that read it are brought up to date without a click. The automation
 # sensor that evaluates this is declared RUNNING in definitions.py.
 FOLLOW_STREAMS = dg.AutomationCondition.eager()
+
+# A table loads as soon as its stream is staged, ahead of any stream still to run: new messages
+# become queryable first, and the aggregates are refreshed after.
+TABLE_PRIORITY = PARSING_STREAM_PRIORITY + 1
 
 RowMapper = Callable[[DataFrame], DataFrame]
 
@@ -82,6 +87,7 @@ def build_table_asset(
         group_name=options.group or group,
         kinds=set(options.kinds or ["postgres"]),
         io_manager_key="warehouse_io_manager",
+        op_tags={PRIORITY_TAG: str(TABLE_PRIORITY)},
         automation_condition=FOLLOW_STREAMS,
         freshness_policy=(
             dg.FreshnessPolicy.time_window(

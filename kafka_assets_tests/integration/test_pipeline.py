@@ -101,6 +101,11 @@ def test_produce_sense_run_twice_then_skip(pipeline_env):
     checks = _checks(result)
     assert checks and all(checks.values()), checks
     assert "kafka/orders:consumer_lag" in checks
+    # Each table loads as soon as its stream is staged, before the aggregates are computed:
+    # the messages are queryable before the run is half done.
+    started = [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
+    assert started.index("warehouse__orders") < started.index("spark__revenue_per_minute")
+    assert started.index("warehouse__page_views") < started.index("spark__page_view_counts")
 
     latest, views = _expected([(3000, 11)])
     got = dict(_query(env, "SELECT order_id, status FROM orders"))

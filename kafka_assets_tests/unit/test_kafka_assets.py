@@ -340,6 +340,7 @@ def test_client_config_drops_empty_settings() -> None:
     assert resource.spark_options() == {
         "kafka.bootstrap.servers": "broker:9092",
         "kafka.security.protocol": "PLAINTEXT",
+        "kafka.fetch.max.wait.ms": "10",
     }
 
 

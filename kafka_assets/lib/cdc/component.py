@@ -19,7 +19,7 @@ from kafka_assets.cdc.assets import (
     changes_stream,
 )
 from kafka_assets.lib.domain import domain_group
-from kafka_assets.spark.assets import build_stream_asset
+from kafka_assets.spark.assets import PARSING_STREAM_PRIORITY, build_stream_asset
 from kafka_assets.spark.streams import StreamSpec
 from kafka_assets.spec import AssetOptions, CdcSourceSpec, MirrorSpec
 from kafka_assets.warehouse.assets import quarantine_key, table_key
@@ -97,6 +97,7 @@ class CdcSource(dg.Component, CdcSourceSpec, dg.Resolvable):
                     group,
                     ["spark", "parquet"],
                     readers=[c.spec.table, self.quarantine.table],
+                    priority=PARSING_STREAM_PRIORITY,
                 )
             )
             assets.append(build_mirror_asset(c.spec, c.mirror_key, c.stream_key, group))

@@ -17,7 +17,7 @@ from kafka_assets.kafka.producer import load_callable
 from kafka_assets.kafka.topics import build_topic_asset, topic_key
 from kafka_assets.lib.domain import domain_group
 from kafka_assets.lib.producer.component import Producer
-from kafka_assets.spark.assets import build_stream_asset
+from kafka_assets.spark.assets import PARSING_STREAM_PRIORITY, build_stream_asset
 from kafka_assets.spark.parsing import aggregate, parse_messages
 from kafka_assets.spark.streams import StreamSpec
 from kafka_assets.spec import AssetOptions, PipelineSpec, TableSpec
@@ -197,6 +197,7 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
                     stream.options.group or group,
                     stream.options.kinds or ["spark", "parquet"],
                     readers=self.readers(stream),
+                    priority=PARSING_STREAM_PRIORITY if stream == self.events else 0,
                 )
             )
         readers = {s.name: s.key for s in self.streams}
