@@ -3,8 +3,8 @@
 A `dagster-daemon` runs the project's code location with the offsets sensor RUNNING (its
 default), on the instance settings `make dev` writes, and its runs use a warm Spark: the Spark
 Connect server named by `spark_master`. Each trickle is a small produce; its latency runs from
-the last acknowledgement to the moment the warehouse ledger shows every produced offset loaded into the orders table or the
-quarantine, that is, when a query can see each message.
+the last acknowledgement to the moment the warehouse ledger shows every produced offset loaded
+into the orders table or the quarantine, that is, when a query can see each message.
 """
 
 import os
