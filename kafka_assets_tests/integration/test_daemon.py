@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 START = "2026-11-24T10:00:00Z"
 
 
-def test_daemon_launches_nothing_old_and_follows_a_stream_run_by_hand(pipeline_env, tmp_path):
+def test_daemon_launches_nothing_old_and_follows_a_stream_run_by_hand(
+    pipeline_env, spark_connect, tmp_path
+):
     home = Path(pipeline_env["DAGSTER_HOME"])
     write_dagster_yaml(home, postgres=False)
     instance = dg.DagsterInstance.get()
@@ -38,10 +40,14 @@ def test_daemon_launches_nothing_old_and_follows_a_stream_run_by_hand(pipeline_e
     assert runner.run_request(instance, request).success
     before = {r.run_id for r in instance.get_runs()}
 
-    # As `make dev` runs it, from a directory whose .env holds the test settings.
+    # As `make dev` runs it, from a directory whose .env holds the test settings, its runs on a
+    # warm Spark Connect server.
     log = tmp_path / "daemon.log"
     daemon = start_dagster(
-        ["dagster-daemon", "run", "-w", "workspace.yaml"], pipeline_env, tmp_path / "dev", log
+        ["dagster-daemon", "run", "-w", "workspace.yaml"],
+        {**pipeline_env, "SPARK_MASTER": spark_connect.url},
+        tmp_path / "dev",
+        log,
     )
     try:
         text = lambda: log.read_text(errors="replace")  # noqa: E731

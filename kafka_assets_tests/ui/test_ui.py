@@ -133,9 +133,12 @@ def _answers(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def dagster_ui(services, spark, tmp_path_factory):
+def dagster_ui(services, spark, spark_connect, tmp_path_factory):
     """`pipeline_env` for the module: the shop pipeline materialized in process, then
-    `dagster dev` (webserver + daemon) over the same instance, from a directory with its `.env`."""
+    `dagster dev` (webserver + daemon) over the same instance, from a directory with its `.env`.
+
+    As under `make dev`, the daemon's runs use a warm Spark Connect server; this process keeps
+    its local-mode Spark, so both kinds meet on the same checkpoints."""
     tmp = tmp_path_factory.mktemp("ui")
     delete_topics(services.bootstrap_servers)
     env = services.as_env({"WAREHOUSE_SCHEMA": f"t_{uuid.uuid4().hex[:10]}"})
@@ -166,7 +169,8 @@ def dagster_ui(services, spark, tmp_path_factory):
         log = tmp / "dagster_dev.log"
         started = time.monotonic()
         command = ["dagster", "dev", "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"]
-        dev = start_dagster(command, env, tmp / "dev", log)
+        dev_env = {**env, "SPARK_MASTER": spark_connect.url}
+        dev = start_dagster(command, dev_env, tmp / "dev", log)
         try:
             wait_for(
                 "the webserver's /server_info", lambda: _answers(f"{url}/server_info"), 180, log
@@ -557,6 +561,8 @@ def test_replay_from_the_launchpad_shows_what_was_replayed(page, dagster_ui):
     replay = event.asset_materialization.metadata["replay"].value
     assert replay["resolved_by"] == "offsetsForTimes"
     assert set(replay["start_offsets"].values()) == {0}  # an hour back: the whole log
+    # The daemon's run replayed on the warm Spark Connect server, as under `make dev`.
+    assert event.asset_materialization.metadata["spark_master"].value.startswith("sc://")
 
     page.goto("/assets/spark/orders_events")
     row = page.locator("tr", has_text="replay")
