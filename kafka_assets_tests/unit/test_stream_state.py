@@ -1,5 +1,6 @@
 """A stream's local state: one run per checkpoint at a time, its position, its newest message."""
 
+import json
 import threading
 import time
 from datetime import UTC, datetime
@@ -14,6 +15,8 @@ from kafka_assets.spark.streams import (
     checkpoint_lock,
     checkpoint_position,
     local_path,
+    staged_batch_writer,
+    stream_query_id,
 )
 
 
@@ -98,3 +101,23 @@ def test_newest_message_time_comes_from_parquet_footers(tmp_path) -> None:
     pq.write_table(pa.table({"n": [1]}), aggregate / "part-0.parquet")
     assert newest_message_time(StagedBatch("q", 2, str(aggregate))) is None
     assert newest_message_time(StagedBatch("q", 3, "s3a://b/x")) is None
+
+
+def test_a_new_checkpoint_gets_its_query_id_before_the_query_starts(tmp_path) -> None:
+    """Spark adopts the id found in `<checkpoint>/metadata`; a new checkpoint is given one."""
+    checkpoint = tmp_path / "checkpoints" / "orders_events"
+    first = stream_query_id(None, str(checkpoint))
+    assert json.loads((checkpoint / "metadata").read_text()) == {"id": first}
+    assert stream_query_id(None, f"file:{checkpoint}") == first  # the same on every run
+    (checkpoint / "metadata").unlink()
+    assert stream_query_id(None, str(checkpoint)) != first  # a set-aside checkpoint: a new query
+
+
+def test_the_batch_writer_pickles_with_nothing_but_its_path() -> None:
+    """Spark Connect sends the writer to the server: it must carry no lock or shared state."""
+    from pyspark import cloudpickle
+
+    writer = staged_batch_writer("/staging/orders_events/query=abc")
+    restored = cloudpickle.loads(cloudpickle.dumps(writer))
+    cells = [c.cell_contents for c in restored.__closure__ or ()]
+    assert cells == ["/staging/orders_events/query=abc"]
