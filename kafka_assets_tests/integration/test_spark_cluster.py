@@ -1,7 +1,8 @@
-"""The orders pipeline on a Spark standalone cluster: SPARK_MASTER=spark://… is the only change.
+"""The orders pipeline on a Spark standalone cluster and over Spark Connect: SPARK_MASTER
+(spark://… or sc://…) is the only change.
 
 The cluster (one master, one worker with 1 core and 1 GB) starts from the pyspark wheel on free
-ports under tmp_path. The run happens in a child process: this pytest process already holds the
+ports under tmp_path; the Connect server is the session's (conftest). The run happens in a child process: this pytest process already holds the
 session's local-mode SparkContext, and a JVM holds only one. The child uses the same Dagster
 instance (SQLite under DAGSTER_HOME), so this process reads what the run recorded.
 """
@@ -73,22 +74,10 @@ def test_the_pipeline_runs_on_a_standalone_cluster(pipeline_env, tmp_path):
         cluster.wait_ready()
         cluster_ready = time.monotonic() - began
 
-        spec = json.dumps({"selection": sorted(k.to_user_string() for k in ORDERS_SLICE)})
         log = tmp_path / "cluster-run.log"
-        with log.open("w") as out:
-            code = subprocess.run(
-                [sys.executable, "-m", "kafka_assets_tests.fault_run", spec],
-                cwd=PROJECT_ROOT,
-                env={
-                    **os.environ,
-                    "SPARK_MASTER": cluster.master_url,
-                    "SPARK_LOCAL_IP": "127.0.0.1",
-                },
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=600,
-                check=False,
-            ).returncode
+        code = _run_in_child(
+            ORDERS_SLICE, log, SPARK_MASTER=cluster.master_url, SPARK_LOCAL_IP="127.0.0.1"
+        )
         assert code == 0, f"the run on {cluster.master_url} failed; see {log}"
         apps = _finished_apps(cluster)
     finally:
@@ -109,6 +98,22 @@ def test_the_pipeline_runs_on_a_standalone_cluster(pipeline_env, tmp_path):
     assert _query(env, "SELECT count(*) FROM quarantine")[0][0] == sent["malformed"]["orders"]
     checks = runner.check_results(runner.materialize(instance, [], checks=[RECONCILED]))
     assert checks == {"warehouse/orders:orders_events_reconciled": True}
+
+
+def _run_in_child(selection, log: Path, **env: str) -> int:
+    """Materialize `selection` in a new process with `env` added: this process already holds
+    the session's local-mode SparkContext, and a JVM holds only one. Returns its exit code."""
+    spec = json.dumps({"selection": sorted(k.to_user_string() for k in selection)})
+    with log.open("w") as out:
+        return subprocess.run(
+            [sys.executable, "-m", "kafka_assets_tests.fault_run", spec],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+            check=False,
+        ).returncode
 
 
 def _finished_apps(cluster: SparkStandalone, timeout: float = 20.0) -> list[dict]:
@@ -133,20 +138,10 @@ def test_the_pipeline_runs_over_spark_connect(pipeline_env, spark_connect, tmp_p
         dg.AssetKey(["spark", "revenue_per_minute"]),
         dg.AssetKey(["warehouse", "revenue_per_minute"]),
     }
-    spec = json.dumps({"selection": sorted(k.to_user_string() for k in selection)})
     log = tmp_path / "connect-run.log"
     url = spark_connect.url
     began = time.monotonic()
-    with log.open("w") as out:
-        code = subprocess.run(
-            [sys.executable, "-m", "kafka_assets_tests.fault_run", spec],
-            cwd=PROJECT_ROOT,
-            env={**os.environ, "SPARK_MASTER": url},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=600,
-            check=False,
-        ).returncode
+    code = _run_in_child(selection, log, SPARK_MASTER=url)
     assert code == 0, f"the run over {url} failed; see {log}"
     print(f"\nrun over Spark Connect took {time.monotonic() - began:.1f}s")
 
