@@ -1,9 +1,10 @@
 """Messages -> typed rows, driven by the declared format; and event-time aggregates of them.
 
 Each message is parsed once into a VARIANT (`try_parse_json`); every declared field is read from
-that binary form, never by scanning the JSON text again. Every message yields one row: the typed
-fields when valid, or `error` naming the first thing wrong plus the raw bytes, so nothing is
-dropped silently and malformed messages can be quarantined with their position.
+that binary form, never by scanning the JSON text again (only its first character is looked at,
+to tell an object from other JSON). Every message yields one row: the typed fields when valid,
+or `error` naming the first thing wrong plus the raw bytes, so nothing is dropped silently and
+malformed messages can be quarantined with their position.
 
 Types are strict at the top level: a JSON string is not a number, a number is not a string, an
 integer field takes only integers in range, infinities are rejected. Inside arrays and structs
@@ -25,6 +26,10 @@ _SCALARS = {
     "timestamp": T.TimestampType(),
     "date": T.DateType(),
 }
+
+
+_JSON_WHITESPACE = " \t\n\r"
+"""What JSON allows before a value (RFC 8259)."""
 
 
 def spark_type(ftype: FieldType) -> T.DataType:
@@ -112,7 +117,9 @@ def parse_messages(raw: DataFrame, fmt: FormatSpec) -> DataFrame:
     )
     df = df.select(
         "*",
-        F.schema_of_variant("_doc").alias("_doc_type"),
+        # A parsed document is an object when its text opens with `{`: a test on the first
+        # character, where the document's whole schema as a string cost 15% of the parse.
+        F.ltrim(text, F.lit(_JSON_WHITESPACE)).startswith("{").alias("_object"),
         *(F.try_variant_get("_doc", f"$['{n}']", "variant").alias(f"_v_{n}") for n in fields),
     )
     df = df.select("*", *(F.schema_of_variant(f"_v_{n}").alias(f"_t_{n}") for n in scalar))
@@ -144,7 +151,7 @@ def parse_messages(raw: DataFrame, fmt: FormatSpec) -> DataFrame:
         F.when(F.col("value").isNull() | (F.length("value") == 0), F.lit("empty message value")),
         F.when(~F.col("_utf8"), F.lit("invalid UTF-8")),
         F.when(F.col("_doc").isNull(), F.lit("invalid JSON")),
-        F.when(~F.col("_doc_type").startswith("OBJECT"), F.lit("not a JSON object")),
+        F.when(~F.col("_object"), F.lit("not a JSON object")),
     ]
     absent = {n: F.col(f"_v_{n}").isNull() | F.is_variant_null(f"_v_{n}") for n in fields}
     got = {n: F.substring(F.to_json(F.col(f"_v_{n}")), 1, 80) for n in fields}

@@ -334,6 +334,7 @@ CASES = [
     (b'{"id": NaN}', "invalid JSON"),
     (b"[1, 2]", "not a JSON object"),
     (b'"just a string"', "not a JSON object"),
+    (b' \r\n\t[{"id": "i-1"}]', "not a JSON object"),
     (b"{}", "missing field: id"),
     (b'{"id": null}', "missing field: id"),
     (doc(n=3.5), "invalid n: expected int, got 3.5"),
@@ -365,7 +366,7 @@ VALID = doc(
     doc={"nested": [1, {"a": None}]},
     pairs=[{"k": "a", "v": 1}],
 )
-SPARSE = doc()
+SPARSE = b" \r\n\t" + doc()  # whitespace before the object is still JSON
 
 
 @pytest.fixture(scope="module")
