@@ -2,9 +2,10 @@
 (spark://… or sc://…) is the only change.
 
 The cluster (one master, one worker with 1 core and 1 GB) starts from the pyspark wheel on free
-ports under tmp_path; the Connect server is the session's (conftest). The run happens in a child process: this pytest process already holds the
-session's local-mode SparkContext, and a JVM holds only one. The child uses the same Dagster
-instance (SQLite under DAGSTER_HOME), so this process reads what the run recorded.
+ports under tmp_path; the Connect server is the session's (conftest). The run happens in a child
+process: this pytest process already holds the session's local-mode SparkContext, and a JVM
+holds only one. The child uses the same Dagster instance (SQLite under DAGSTER_HOME), so this
+process reads what the run recorded.
 """
 
 import json
