@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from kafka_assets.spark.assets import READERS_METADATA, STREAM_METADATA
 from kafka_assets.spark.resources import SparkResource, StreamingSettings
-from kafka_assets.spark.streams import StreamRun, local_path
+from kafka_assets.spark.streams import StreamRun, is_connect, local_path
 
 MESSAGE_TIME = "kafka_timestamp"
 
@@ -82,7 +82,7 @@ def _local_only(spark: SparkSession, uri: str) -> Path | None:
     A Spark Connect session runs its JVM in the server; staging on a local path (the server on
     this machine) is then handled with plain file operations.
     """
-    if not type(spark).__module__.startswith("pyspark.sql.connect"):
+    if not is_connect(spark):
         return None
     path = local_path(uri)
     if path is None:

@@ -201,6 +201,11 @@ def _topic_offsets(raw: str | dict | None, topic: str) -> dict[str, int]:
     return {str(p): int(o) for p, o in (data.get(topic) or {}).items()}
 
 
+def is_connect(spark: SparkSession) -> bool:
+    """A Spark Connect session: its JVM runs in the server, none in this process."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
 def stream_query_id(spark: SparkSession, checkpoint_path: str) -> str:
     """The id of the query a checkpoint belongs to, fixed before the query starts.
 
@@ -214,20 +219,29 @@ def stream_query_id(spark: SparkSession, checkpoint_path: str) -> str:
         meta = local / "metadata"
         if not meta.exists():
             local.mkdir(parents=True, exist_ok=True)
-            meta.write_text(json.dumps({"id": str(uuid.uuid4())}) + "\n")
+            meta.write_text(_new_metadata())
         return str(json.loads(meta.read_text())["id"])
-    if type(spark).__module__.startswith("pyspark.sql.connect"):
+    if is_connect(spark):
         raise StreamError(
             f"the checkpoint {checkpoint_path} is remote: with Spark Connect, checkpoints must be "
             "on a path this machine and the server share"
         )
+    return _hadoop_query_id(spark, f"{checkpoint_path.rstrip('/')}/metadata")
+
+
+def _new_metadata() -> str:
+    return json.dumps({"id": str(uuid.uuid4())}) + "\n"
+
+
+def _hadoop_query_id(spark: SparkSession, uri: str) -> str:
+    """The same through Hadoop's FileSystem, for a checkpoint at s3a://, hdfs://, ..."""
     jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(f"{checkpoint_path.rstrip('/')}/metadata")
+    path = jvm.org.apache.hadoop.fs.Path(uri)
     fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     if not fs.exists(path):
         out = fs.create(path, False)
         try:
-            out.write(bytearray((json.dumps({"id": str(uuid.uuid4())}) + "\n").encode()))
+            out.write(bytearray(_new_metadata().encode()))
         finally:
             out.close()
     stream = fs.open(path)

@@ -113,6 +113,20 @@ def test_a_new_checkpoint_gets_its_query_id_before_the_query_starts(tmp_path) ->
     assert stream_query_id(None, str(checkpoint)) != first  # a set-aside checkpoint: a new query
 
 
+def test_a_checkpoint_behind_a_hadoop_uri_gets_its_query_id_through_the_jvm(
+    spark, tmp_path
+) -> None:
+    """s3a:// or hdfs:// cannot be tested here; Hadoop's FileSystem is the same code for all."""
+    from kafka_assets.spark.streams import _hadoop_query_id
+
+    uri = f"file://{tmp_path}/checkpoints/orders_events/metadata"
+    first = _hadoop_query_id(spark, uri)
+    assert json.loads((tmp_path / "checkpoints/orders_events/metadata").read_text()) == {
+        "id": first
+    }
+    assert _hadoop_query_id(spark, uri) == first
+
+
 def test_the_batch_writer_pickles_with_nothing_but_its_path() -> None:
     """Spark Connect sends the writer to the server: it must carry no lock or shared state."""
     from pyspark import cloudpickle
