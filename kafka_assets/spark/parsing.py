@@ -9,7 +9,15 @@ malformed messages can be quarantined with their position.
 Types are strict at the top level: a JSON string is not a number, a number is not a string, an
 integer field takes only integers in range, infinities are rejected. Inside arrays and structs
 Spark's variant cast applies (e.g. "2" becomes 2), but every nested leaf must be present.
+
+Reading fields out of a VARIANT is slow (Spark builds a cast expression for every value), so a
+message first meets a fast path: the document's shape (`schema_of_variant`, one string) is matched
+against the declared types, and the values come from one `from_json` of the same text. A message
+the fast path cannot vouch for goes through the field-by-field checks above, which decide and name
+the error; the fast path only ever accepts what those checks accept, with the same values.
 """
+
+import re
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -30,6 +38,21 @@ _SCALARS = {
 
 _JSON_WHITESPACE = " \t\n\r"
 """What JSON allows before a value (RFC 8259)."""
+
+_CORRUPT = "_corrupt_record"
+"""Where `from_json` puts the text of a message it could not convert in full."""
+
+_SHAPES = {
+    "string": "STRING",
+    "timestamp": "STRING",
+    "date": "STRING",
+    "int": "BIGINT",
+    "long": "BIGINT",
+    "double": r"(?:BIGINT|DOUBLE|DECIMAL\(\d+,\d+\))",
+    "decimal": r"(?:BIGINT|DECIMAL\(\d+,\d+\))",
+    "boolean": "BOOLEAN",
+}
+"""What `schema_of_variant` says of a JSON value each declared kind accepts without a cast."""
 
 
 def spark_type(ftype: FieldType) -> T.DataType:
@@ -96,11 +119,114 @@ def _typed(field: Column, json_type: Column | None, ftype: FieldType) -> tuple[C
     raise ValueError(f"not a scalar type: {ftype}")
 
 
-def parse_messages(raw: DataFrame, fmt: FormatSpec) -> DataFrame:
+_PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ITEM_END = r"(?:, |(?=>$))"
+"""After a field in `schema_of_variant`'s OBJECT<...>: the next field, or the closing bracket."""
+
+
+def _shape(ftype: FieldType) -> str | None:
+    """A regex for what `schema_of_variant` says of a value that fits `ftype` without a cast.
+
+    None when the fast path does not cover the type (`json` takes any value): such a format is
+    parsed field by field.
+    """
+    if ftype.kind in _SHAPES:
+        return _SHAPES[ftype.kind]
+    if ftype.kind == "array":
+        inner = _shape(ftype.element)
+        return None if inner is None else f"ARRAY<{inner}>"
+    if ftype.kind == "struct":
+        parts = []
+        for name, t in sorted(ftype.fields):
+            inner = _shape(t)
+            if inner is None or not _PLAIN_NAME.match(name):
+                return None
+            parts.append(f"{name}: {inner}")
+        return "OBJECT<" + ", ".join(parts) + ">"
+    return None
+
+
+def document_shape(fmt: FormatSpec) -> str | None:
+    """The regex a message's `schema_of_variant` must match for the fast path, or None.
+
+    A variant object lists its fields sorted by name. A required field must have its type; an
+    optional one may be absent or null. A message with undeclared fields takes the slow path
+    (a pattern that skipped them cost more than it saved).
+    """
+    names = sorted(fmt.fields)
+    if not all(_PLAIN_NAME.match(n) for n in names):
+        return None
+    pattern = "^OBJECT<"
+    for name in names:
+        spec = fmt.fields[name]
+        shape = _shape(spec.parsed_type)
+        if shape is None:
+            return None
+        if spec.required:
+            pattern += f"{name}: {shape}{_ITEM_END}"
+        else:
+            pattern += f"(?:{name}: (?:{shape}|VOID){_ITEM_END})?"
+    return pattern + ">$"
+
+
+def _read_type(ftype: FieldType) -> str:
+    """The DDL type `from_json` reads a field as (timestamps as text, parsed as the checks do)."""
+    if ftype.is_complex:
+        return _cast_type(ftype)
+    if ftype.kind in ("timestamp", "date"):
+        return "string"
+    return spark_type(ftype).simpleString()
+
+
+def _fast_path(fmt: FormatSpec, text: Column, shape: str) -> tuple[list[Column], Column]:
+    """(each field's value, whether the message is valid) for messages the fast path vouches for.
+
+    `false` means "not known to be valid": the field-by-field checks then decide.
+    """
+    schema = ", ".join(f"`{n}` {_read_type(f.parsed_type)}" for n, f in fmt.fields.items())
+    read = F.from_json(
+        text, f"{schema}, `{_CORRUPT}` string", {"columnNameOfCorruptRecord": _CORRUPT}
+    )
+    ok = (
+        F.col("_utf8")
+        & F.schema_of_variant("_doc").rlike(shape)
+        & read[_CORRUPT].isNull()
+        & read.isNotNull()
+    )
+    values = []
+    for name, spec in fmt.fields.items():
+        ftype = spec.parsed_type
+        got = read[name]
+        value = got
+        if ftype.kind == "timestamp":
+            value = F.try_to_timestamp(got)
+            ok = ok & (got.isNull() | value.isNotNull())
+        elif ftype.kind == "date":
+            value = F.try_to_date(got)
+            ok = ok & (got.isNull() | value.isNotNull())
+        elif ftype.kind == "double":
+            ok = ok & (got.isNull() | (~got.isin(float("inf"), float("-inf")) & ~F.isnan(got)))
+        elif ftype.is_complex:
+            # A missing or null leaf: Spark writes it as "null" when casting to text (a string
+            # leaf that says "null" goes the slow way, which is only slower).
+            value = F.to_json(got)
+            ok = ok & (got.isNull() | ~got.cast("string").contains("null"))
+        if spec.required:
+            ok = ok & got.isNotNull()
+        if spec.allowed is not None:
+            ok = ok & (got.isNull() | value.isin(*spec.allowed))
+        values.append(value.alias(f"_fx_{name}"))
+    # Null (e.g. a document the variant parser refused, such as one with a duplicated key, but
+    # from_json read) means "not vouched for", never "valid".
+    return values, F.coalesce(ok, F.lit(False))
+
+
+def parse_messages(raw: DataFrame, fmt: FormatSpec, fast: bool = True) -> DataFrame:
     """One row per Kafka record: position, key, each declared field typed, `error`, `raw_value`.
 
     Built in stages so that every expensive value (the parsed document, each field's variant, its
-    JSON type, its typed value) is computed once and referenced by name afterwards.
+    JSON type, its typed value) is computed once and referenced by name afterwards. `fast=False`
+    checks every message field by field (the reference the fast path is tested against).
     """
     fields = {n: f.parsed_type for n, f in fmt.fields.items()}
     scalar = [n for n, t in fields.items() if not (t.is_complex or t.kind == "json")]
@@ -115,6 +241,18 @@ def parse_messages(raw: DataFrame, fmt: FormatSpec) -> DataFrame:
         F.is_valid_utf8(text).alias("_utf8"),
         F.try_parse_json(text).alias("_doc"),
     )
+    shape = document_shape(fmt) if fast else None
+    if shape is not None:
+        values, ok = _fast_path(fmt, text, shape)
+        df = df.select("*", *values, ok.alias("_fast"))
+        # The checks below see only what the fast path did not vouch for: on a null document
+        # every one of them is a null test, not a variant cast.
+        df = df.select(
+            *(c for c in df.columns if c != "_doc"),
+            F.when(~F.col("_fast"), F.col("_doc")).alias("_doc"),
+        )
+    else:
+        df = df.select("*", F.lit(False).alias("_fast"))
     df = df.select(
         "*",
         # A parsed document is an object when its text opens with `{`: a test on the first
@@ -179,7 +317,8 @@ def parse_messages(raw: DataFrame, fmt: FormatSpec) -> DataFrame:
     # the document, which makes code generation take tens of seconds. A non-deterministic term
     # keeps the filter above; partition ids are never negative, so the term never yields a value.
     fence = F.when(F.spark_partition_id() < 0, F.lit("unreachable"))
-    df = df.withColumn("error", F.coalesce(*checks, fence))
+    df = df.withColumn("error", F.when(~F.col("_fast"), F.coalesce(*checks, fence)))
+    fast_value = {n: F.col(f"_fx_{n}") if shape is not None else F.lit(None) for n in fields}
     return df.select(
         "topic",
         "partition",
@@ -187,13 +326,18 @@ def parse_messages(raw: DataFrame, fmt: FormatSpec) -> DataFrame:
         "kafka_timestamp",
         "key",
         *(
-            F.when(F.col("error").isNull(), F.col(f"_x_{n}")).cast(spark_type(t)).alias(n)
+            F.when(F.col("_fast"), fast_value[n])
+            .when(F.col("error").isNull(), F.col(f"_x_{n}"))
+            .cast(spark_type(t))
+            .alias(n)
             for n, t in fields.items()
         ),
         "error",
-        F.when(F.col("error").isNotNull(), F.concat(F.lit("\\x"), F.lower(F.hex("value")))).alias(
-            "raw_value"
-        ),
+        # Hex digits lower-cased by translation: `lower` goes through ICU's case mapping.
+        F.when(
+            F.col("error").isNotNull(),
+            F.concat(F.lit("\\x"), F.translate(F.hex("value"), "ABCDEF", "abcdef")),
+        ).alias("raw_value"),
     )
 
 

@@ -25,7 +25,7 @@ from kafka_assets.shop.generator import (
     GeneratorConfig,
     generate,
 )
-from kafka_assets.spark.parsing import aggregate, parse_messages
+from kafka_assets.spark.parsing import aggregate, document_shape, parse_messages
 from kafka_assets.spec import FormatSpec, PipelineSpec
 
 DEFS = Path(__file__).resolve().parents[2] / "kafka_assets" / "defs" / "shop"
@@ -399,3 +399,102 @@ def test_valid_message_is_typed_and_optional_fields_may_be_absent(parsed) -> Non
 
     sparse = parsed[len(CASES) + 1]
     assert sparse.error is None and sparse.n is None and sparse.pairs is None and sparse.doc is None
+
+
+# -- the fast path: the same answer as the field-by-field checks ---------------------------------
+
+FAST_RULES = RULES.model_copy(
+    update={"fields": {n: f for n, f in RULES.fields.items() if n != "doc"}}
+)
+"""The rules without the `json` field: a format the fast path covers."""
+
+FAST_CASES = [
+    VALID,
+    doc(
+        n=7,
+        x=2,
+        money=12.345,
+        flag=False,
+        at="2026-11-24T10:00:00.123Z",
+        pairs=[{"k": "a", "v": 1}],
+    ),
+    doc(money=1.005, x=1e300, big=-(2**62), day="2026-11-24", kind="a"),
+    doc(n=None, kind=None, pairs=None),  # optional fields null
+    doc(pairs=[{"k": "null", "v": 1}]),  # a leaf that reads "null" is not a missing leaf
+    doc(pairs=[{"k": "a", "v": 1}, {"k": "b"}]),  # a missing leaf in the second element
+    doc(pairs=[{"k": "a", "v": 1}, None]),
+    doc(pairs=[]),
+    doc(pairs=[{"k": 5, "v": "2"}]),  # nested values take the variant cast
+    doc(pairs=[{"k": "a", "v": 1, "w": 2}]),  # an undeclared nested field
+    doc(extra="x", other={"a": 1}),  # undeclared top-level fields
+    doc(n=2**31),
+    doc(money=123456.7),
+    doc(at="2026-11-24 10:00:00"),
+    doc(at="2026-02-30T00:00:00Z"),
+    doc(kind="b", id='\u00e9\U0001f600 \\ " \t'),
+    b'{"id": "a", "n": 1, "n": 2}',
+    b'{"id": "a"} {"id": "b"}',
+    b'{"id": "a", "x": "NaN"}',
+    b'{"id": "a", "money": "12.5"}',
+    b'{"id": "a", "flag": "true"}',
+    b'{"id": "a", "at": 20261124}',
+]
+
+
+def test_the_fast_path_covers_the_shop_but_not_json_fields() -> None:
+    assert document_shape(ORDERS_PIPELINE.format) is not None
+    assert document_shape(PAGE_VIEWS_PIPELINE.format) is not None
+    assert document_shape(FAST_RULES) is not None
+    assert document_shape(RULES) is None  # `json` takes any value: checked field by field
+
+
+def test_the_shop_messages_take_the_fast_path(spark, orders, page_views) -> None:
+    """Every valid generated message matches its format's shape, so it never meets the checks."""
+    for (df, by_position), fmt in (
+        (orders, ORDERS_PIPELINE.format),
+        (page_views, PAGE_VIEWS_PIPELINE.format),
+    ):
+        shape = document_shape(fmt)
+        matched = df.select(
+            "partition",
+            "offset",
+            F.schema_of_variant(F.try_parse_json(F.col("value").cast("string")))
+            .rlike(shape)
+            .alias("m"),
+        ).collect()
+        valid = {pos for pos, m in by_position.items() if not m.malformed}
+        assert {(r.partition, r.offset) for r in matched if r.m} >= valid
+
+
+def _both_ways(spark, fmt: FormatSpec, values: list[bytes | None]) -> tuple[list, list]:
+    rows = [(b"k", v, "t", 0, i, KAFKA_TIMESTAMP, 0) for i, v in enumerate(values)]
+    df = spark.createDataFrame(rows, KAFKA_SOURCE_SCHEMA)
+    fast = parse_messages(df, fmt).orderBy("offset").collect()
+    checked = parse_messages(df, fmt, fast=False).orderBy("offset").collect()
+    return fast, checked
+
+
+def test_the_fast_path_agrees_with_the_checks_on_every_rule(spark) -> None:
+    values = [v for v, _ in CASES] + FAST_CASES + [SPARSE]
+    fast, checked = _both_ways(spark, FAST_RULES, values)
+    assert len(fast) == len(values)
+    for value, a, b in zip(values, fast, checked, strict=True):
+        assert a.asDict() == b.asDict(), value
+    accepted = {bytes(v) for v, r in zip(values, fast, strict=True) if r.error is None}
+    shape = document_shape(FAST_RULES)
+    vouched = spark.createDataFrame([(v,) for v in FAST_CASES[1:4]], "value binary").select(
+        F.schema_of_variant(F.try_parse_json(F.col("value").cast("string"))).rlike(shape)
+    )
+    assert all(r[0] for r in vouched.collect())  # these few really went the fast way
+    assert VALID in accepted and SPARSE in accepted
+    assert b'{"id": "a", "n": 1, "n": 2}' not in accepted  # duplicated key: not JSON we take
+
+
+@pytest.mark.parametrize("topic", [ORDERS_TOPIC, PAGE_VIEWS_TOPIC])
+def test_the_fast_path_agrees_with_the_checks_on_the_shop(spark, orders, page_views, topic) -> None:
+    df, _ = orders if topic == ORDERS_TOPIC else page_views
+    fmt = (ORDERS_PIPELINE if topic == ORDERS_TOPIC else PAGE_VIEWS_PIPELINE).format
+    fast, checked = parse_messages(df, fmt), parse_messages(df, fmt, fast=False)
+    assert fast.exceptAll(checked).count() == 0
+    assert checked.exceptAll(fast).count() == 0
+    assert fast.where("error IS NOT NULL").count() > 20
