@@ -341,6 +341,47 @@ def parse_messages(raw: DataFrame, fmt: FormatSpec, fast: bool = True) -> DataFr
     )
 
 
+def may_pass(raw: DataFrame, fmt: FormatSpec, where: str) -> DataFrame:
+    """The Kafka records a table's `where` may keep, picked before the full parse.
+
+    For an aggregate that keeps a fraction of the messages (e.g. `status = 'paid'`), most of the
+    parse is wasted. `where` is evaluated on a plain `from_json` read of the scalar fields: a valid
+    message reads there exactly as its checked values (every top-level scalar the checks accept,
+    `from_json` reads the same way, and absent fields are null in both), so a record for which the
+    condition is false could only ever be dropped by it. True or null keeps the record for the
+    full parse. Conditions on complex fields or on `error` are left to the full parse.
+    """
+    scalars = {
+        n: f.parsed_type
+        for n, f in fmt.fields.items()
+        if not (f.parsed_type.is_complex or f.parsed_type.kind == "json")
+    }
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", where))
+    if words & (set(fmt.fields) - set(scalars)) or words & {"error", "raw_value"}:
+        return raw
+    text = F.col("value").cast("string")
+    schema = ", ".join(f"`{n}` {_read_type(t)}" for n, t in scalars.items())
+    read = F.from_json(text, schema)
+    values = []
+    for name, ftype in scalars.items():
+        value = read[name]
+        if ftype.kind == "timestamp":
+            value = F.try_to_timestamp(value)
+        elif ftype.kind == "date":
+            value = F.try_to_date(value)
+        values.append(value.alias(name))
+    probe = raw.select(
+        F.struct(*raw.columns).alias("_record"),
+        "topic",
+        "partition",
+        "offset",
+        F.col("timestamp").alias("kafka_timestamp"),
+        F.col("key").cast("string").alias("key"),
+        *values,
+    )
+    return probe.where(F.coalesce(F.expr(where), F.lit(True))).select("_record.*")
+
+
 _AGGS = {
     "sum": F.sum,
     "min": F.min,

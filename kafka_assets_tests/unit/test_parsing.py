@@ -25,7 +25,7 @@ from kafka_assets.shop.generator import (
     GeneratorConfig,
     generate,
 )
-from kafka_assets.spark.parsing import aggregate, document_shape, parse_messages
+from kafka_assets.spark.parsing import aggregate, document_shape, may_pass, parse_messages
 from kafka_assets.spec import FormatSpec, PipelineSpec
 
 DEFS = Path(__file__).resolve().parents[2] / "kafka_assets" / "defs" / "shop"
@@ -498,3 +498,41 @@ def test_the_fast_path_agrees_with_the_checks_on_the_shop(spark, orders, page_vi
     assert fast.exceptAll(checked).count() == 0
     assert checked.exceptAll(fast).count() == 0
     assert fast.where("error IS NOT NULL").count() > 20
+
+
+# -- an aggregate's `where`, tried before the full parse -----------------------------------------
+
+
+def _kept(df: DataFrame, fmt: FormatSpec, where: str) -> DataFrame:
+    return parse_messages(df, fmt).where(F.col("error").isNull()).where(F.expr(where))
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "status = 'paid'",
+        "status <> 'paid' AND amount > 100",
+        "currency IS NULL OR event_time < timestamp'2026-11-24 19:25:00'",
+        "items LIKE '%sku-001%'",  # a complex field: left to the full parse
+    ],
+)
+def test_picking_by_where_first_keeps_every_row_the_where_keeps(orders, where) -> None:
+    df, by_position = orders
+    fmt = ORDERS_PIPELINE.format
+    picked = may_pass(df, fmt, where)
+    assert picked.columns == df.columns
+    assert _kept(picked, fmt, where).exceptAll(_kept(df, fmt, where)).count() == 0
+    assert _kept(df, fmt, where).exceptAll(_kept(picked, fmt, where)).count() == 0
+    if "items" not in where:
+        assert picked.count() < len(by_position)  # the point: most records skip the full parse
+
+
+@pytest.mark.parametrize(
+    "where", ["kind = 'a'", "kind IS NULL", "n > 3 OR x < 0", "at IS NOT NULL"]
+)
+def test_picking_by_where_first_on_every_rule(spark, where) -> None:
+    values = [v for v, _ in CASES] + FAST_CASES + [SPARSE]
+    rows = [(b"k", v, "t", 0, i, KAFKA_TIMESTAMP, 0) for i, v in enumerate(values)]
+    df = spark.createDataFrame(rows, KAFKA_SOURCE_SCHEMA)
+    whole = _kept(df, RULES, where).orderBy("offset").collect()
+    assert _kept(may_pass(df, RULES, where), RULES, where).orderBy("offset").collect() == whole

@@ -18,7 +18,7 @@ from kafka_assets.kafka.topics import build_topic_asset, topic_key
 from kafka_assets.lib.domain import domain_group
 from kafka_assets.lib.producer.component import Producer
 from kafka_assets.spark.assets import PARSING_STREAM_PRIORITY, build_stream_asset
-from kafka_assets.spark.parsing import aggregate, parse_messages
+from kafka_assets.spark.parsing import aggregate, may_pass, parse_messages
 from kafka_assets.spark.streams import StreamSpec
 from kafka_assets.spec import AssetOptions, PipelineSpec, TableSpec
 from kafka_assets.warehouse.assets import (
@@ -164,6 +164,8 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
         custom = self._custom(spec)
 
         def shape(raw: DataFrame) -> DataFrame:
+            if spec.where and custom is None:
+                raw = may_pass(raw, fmt, spec.where)  # parse in full only what may be kept
             events = parse_messages(raw, fmt)
             if custom is not None:
                 events = custom(events.where(F.col("error").isNull()))
