@@ -9,12 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DAGSTER_HOME=/opt/dagster/dagster_home
 
-# Java 17 runs Spark (pyspark 4.x needs Java 17+); maven resolves the connector jars.
+# Java 17 runs Spark (pyspark 4.x needs Java 17+); maven resolves the connector jars; javac
+# (the JDK) compiles the project's own Spark function in jvm/udf (the parse's fast path).
 # procps provides `ps`, which Spark's launcher scripts call. The man1 directory works around
 # the JRE's postinst on slim images, which strip /usr/share/man.
 RUN mkdir -p /usr/share/man/man1 \
     && apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless maven procps \
+    && apt-get install -y --no-install-recommends openjdk-17-jdk-headless maven procps \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/dagster/app
@@ -31,6 +32,7 @@ RUN mvn -q -B -f jvm/pom.xml -P spark package \
 # the package's own location, which must therefore stay /opt/dagster/app/kafka_assets.
 COPY . /opt/dagster/app
 RUN pip install -e . \
+    && python -c "from kafka_assets.local.jars import build_udf_jar; build_udf_jar()" \
     && mkdir -p "$DAGSTER_HOME" /opt/dagster/state \
     && cp docker/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 

@@ -3,7 +3,7 @@
 # (for the Playwright UI tests) from Debian. Called by `make` when one is missing; safe to run again.
 set -euo pipefail
 missing=()
-command -v java >/dev/null || missing+=(openjdk-17-jdk-headless)
+command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)  # javac builds jvm/udf
 command -v mvn >/dev/null || missing+=(maven)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=(postgresql)
 command -v chromium >/dev/null || missing+=(chromium)

@@ -14,6 +14,10 @@ from kafka_assets.paths import (
     SPARK_JARS_DIR,
 )
 
+UDF_SOURCES = POM.parent / "udf" / "src" / "main" / "java"
+UDF_JAR = "kafka-assets-udf.jar"
+"""The project's own Spark functions (the parse's fast path), beside the Kafka connector."""
+
 # jvm/pom.xml profile -> the folder its <jars.out> names; the two must agree.
 OUT_DIRS = {
     "broker": KAFKA_JARS_DIR,
@@ -68,3 +72,51 @@ def ensure_jars(profiles=PROFILES, *, quiet: bool = True) -> None:
         if not any(out_dir.glob("*.jar")):
             raise ServiceError(f"Maven ran but {out_dir} holds no jars")
         _stamp_file(profile).write_text(_stamp())
+    if "spark" in profiles:
+        build_udf_jar()
+
+
+def _udf_stamp() -> str:
+    digest = hashlib.sha256()
+    for source in sorted(UDF_SOURCES.rglob("*.java")):
+        digest.update(source.relative_to(UDF_SOURCES).as_posix().encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_udf_jar() -> Path:
+    """Compile jvm/udf against the Spark of the pyspark wheel, into Spark's jars folder.
+
+    javac with the wheel's own jars on the classpath: the very versions the function runs
+    with, and nothing to download. Rebuilt when a source changes.
+    """
+    from kafka_assets.local.spark_cluster import spark_home
+
+    jar = SPARK_JARS_DIR / UDF_JAR
+    stamp = JARS_DIR / ".udf.built"
+    if jar.exists() and stamp.exists() and stamp.read_text() == _udf_stamp():
+        return jar
+    javac = require_tool(
+        "javac", "install a JDK 17 (Debian: apt-get install openjdk-17-jdk-headless)"
+    )
+    jar_tool = require_tool(
+        "jar", "install a JDK 17 (Debian: apt-get install openjdk-17-jdk-headless)"
+    )
+    classes = JARS_DIR / "udf-classes"
+    if classes.exists():
+        for old in sorted(classes.rglob("*"), reverse=True):
+            old.unlink() if old.is_file() else old.rmdir()
+    classes.mkdir(parents=True, exist_ok=True)
+    sources = [str(p) for p in sorted(UDF_SOURCES.rglob("*.java"))]
+    classpath = str(spark_home() / "jars" / "*")
+    run(
+        [javac, "--release", "17", "-nowarn", "-cp", classpath, "-d", str(classes), *sources],
+        what="compiling jvm/udf",
+    )
+    SPARK_JARS_DIR.mkdir(parents=True, exist_ok=True)
+    run(
+        [jar_tool, "--create", "--file", str(jar), "-C", str(classes), "."],
+        what="packaging jvm/udf",
+    )
+    stamp.write_text(_udf_stamp())
+    return jar

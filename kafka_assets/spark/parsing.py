@@ -11,19 +11,32 @@ integer field takes only integers in range, infinities are rejected. Inside arra
 Spark's variant cast applies (e.g. "2" becomes 2), but every nested leaf must be present.
 
 Reading fields out of a VARIANT is slow (Spark builds a cast expression for every value), so a
-message first meets a fast path: the document's shape (`schema_of_variant`, one string) is matched
-against the declared types, and the values come from one `from_json` of the same text. A message
-the fast path cannot vouch for goes through the field-by-field checks above, which decide and name
-the error; the fast path only ever accepts what those checks accept, with the same values.
+message first meets a fast path that vouches for it when it fits the declared fields exactly:
+`jvm`, one streaming pass in the project's Java function (`jvm/udf`, on Spark's classpath next to
+the Kafka connector), or, where a Spark lacks it, `variant`: the document's shape
+(`schema_of_variant`, one string) matched against the declared types, with the values from one
+`from_json`. A message the fast path cannot vouch for goes through the field-by-field checks
+above, which decide and name the error; the fast path only ever accepts what those checks
+accept, with the same values (tested both ways).
 """
 
+import hashlib
+import json
+import logging
 import re
+from typing import Literal
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from kafka_assets.spec import FieldType, FormatSpec, TableSpec, WindowSpec
+
+log = logging.getLogger(__name__)
+
+FastPath = Literal["auto", "jvm", "variant", "off"]
+VOUCH_CLASS = "io.kafkaassets.VouchJson"
+"""The fast path's Java reader (jvm/udf), built into Spark's jars folder by `ensure_jars`."""
 
 _SCALARS = {
     "string": T.StringType(),
@@ -178,21 +191,61 @@ def _read_type(ftype: FieldType) -> str:
     return spark_type(ftype).simpleString()
 
 
-def _fast_path(fmt: FormatSpec, text: Column, shape: str) -> tuple[list[Column], Column]:
+def _type_json(ftype: FieldType) -> dict:
+    """A declared type as the Java reader takes it."""
+    out: dict = {"kind": ftype.kind}
+    if ftype.kind == "decimal":
+        out.update(precision=ftype.precision, scale=ftype.scale)
+    if ftype.kind == "array":
+        out["element"] = _type_json(ftype.element)
+    if ftype.kind == "struct":
+        out["fields"] = [[n, _type_json(t), True] for n, t in ftype.fields]
+    return out
+
+
+def jvm_reader(raw: DataFrame, fmt: FormatSpec, required: bool) -> Column | None:
+    """The Java reader's answer per record (a struct of the fields, or null: not vouched for).
+
+    None when this Spark cannot load the class (a server or cluster started without the
+    project's jars); `required` makes that an error instead.
+    """
+    declared = ", ".join(f"`{n}`: {_read_type(f.parsed_type)}" for n, f in fmt.fields.items())
+    spec = json.dumps([[n, _type_json(f.parsed_type), f.required] for n, f in fmt.fields.items()])
+    name = "kafka_assets_vouch_" + hashlib.sha256(declared.encode()).hexdigest()[:16]
+    spark = raw.sparkSession
+    try:
+        if not spark.catalog.functionExists(name):  # registering again logs a warning
+            spark.udf.registerJavaFunction(name, VOUCH_CLASS, f"struct<{declared}>")
+    except Exception as exc:  # noqa: BLE001 - any failure to load the class means "not here"
+        if required:
+            raise
+        log.warning(f"parsing without the Java fast path ({VOUCH_CLASS}: {exc})")
+        return None
+    return F.call_function(name, F.col("value"), F.lit(spec))
+
+
+def _fast_path(
+    fmt: FormatSpec, text: Column, shape: str | None, vouched: Column | None
+) -> tuple[list[Column], Column]:
     """(each field's value, whether the message is valid) for messages the fast path vouches for.
 
-    `false` means "not known to be valid": the field-by-field checks then decide.
+    `false` means "not known to be valid": the field-by-field checks then decide. With the Java
+    reader (`vouched`) the type checks are done; otherwise the document's shape must match.
     """
-    schema = ", ".join(f"`{n}` {_read_type(f.parsed_type)}" for n, f in fmt.fields.items())
-    read = F.from_json(
-        text, f"{schema}, `{_CORRUPT}` string", {"columnNameOfCorruptRecord": _CORRUPT}
-    )
-    ok = (
-        F.col("_utf8")
-        & F.schema_of_variant("_doc").rlike(shape)
-        & read[_CORRUPT].isNull()
-        & read.isNotNull()
-    )
+    if vouched is not None:
+        read = vouched
+        ok = F.col("_utf8") & read.isNotNull()
+    else:
+        schema = ", ".join(f"`{n}` {_read_type(f.parsed_type)}" for n, f in fmt.fields.items())
+        read = F.from_json(
+            text, f"{schema}, `{_CORRUPT}` string", {"columnNameOfCorruptRecord": _CORRUPT}
+        )
+        ok = (
+            F.col("_utf8")
+            & F.schema_of_variant(F.try_parse_json(text)).rlike(shape)
+            & read[_CORRUPT].isNull()
+            & read.isNotNull()
+        )
     values = []
     for name, spec in fmt.fields.items():
         ftype = spec.parsed_type
@@ -204,13 +257,14 @@ def _fast_path(fmt: FormatSpec, text: Column, shape: str) -> tuple[list[Column],
         elif ftype.kind == "date":
             value = F.try_to_date(got)
             ok = ok & (got.isNull() | value.isNotNull())
-        elif ftype.kind == "double":
+        elif ftype.kind == "double" and vouched is None:
             ok = ok & (got.isNull() | (~got.isin(float("inf"), float("-inf")) & ~F.isnan(got)))
         elif ftype.is_complex:
-            # A missing or null leaf: Spark writes it as "null" when casting to text (a string
-            # leaf that says "null" goes the slow way, which is only slower).
             value = F.to_json(got)
-            ok = ok & (got.isNull() | ~got.cast("string").contains("null"))
+            if vouched is None:
+                # A missing or null leaf: Spark writes it as "null" when casting to text (a
+                # string leaf that says "null" goes the slow way, which is only slower).
+                ok = ok & (got.isNull() | ~got.cast("string").contains("null"))
         if spec.required:
             ok = ok & got.isNotNull()
         if spec.allowed is not None:
@@ -221,12 +275,13 @@ def _fast_path(fmt: FormatSpec, text: Column, shape: str) -> tuple[list[Column],
     return values, F.coalesce(ok, F.lit(False))
 
 
-def parse_messages(raw: DataFrame, fmt: FormatSpec, fast: bool = True) -> DataFrame:
+def parse_messages(raw: DataFrame, fmt: FormatSpec, fast: FastPath = "auto") -> DataFrame:
     """One row per Kafka record: position, key, each declared field typed, `error`, `raw_value`.
 
     Built in stages so that every expensive value (the parsed document, each field's variant, its
-    JSON type, its typed value) is computed once and referenced by name afterwards. `fast=False`
-    checks every message field by field (the reference the fast path is tested against).
+    JSON type, its typed value) is computed once and referenced by name afterwards. `fast` picks
+    the fast path: `auto` the Java reader where Spark has it, else `variant`; `off` checks every
+    message field by field (the reference both fast paths are tested against).
     """
     fields = {n: f.parsed_type for n, f in fmt.fields.items()}
     scalar = [n for n, t in fields.items() if not (t.is_complex or t.kind == "json")]
@@ -239,20 +294,19 @@ def parse_messages(raw: DataFrame, fmt: FormatSpec, fast: bool = True) -> DataFr
         F.col("key").cast("string").alias("key"),
         "value",
         F.is_valid_utf8(text).alias("_utf8"),
-        F.try_parse_json(text).alias("_doc"),
     )
-    shape = document_shape(fmt) if fast else None
+    shape = document_shape(fmt) if fast != "off" else None
+    vouched = None
+    if shape is not None and fast in ("auto", "jvm"):
+        vouched = jvm_reader(raw, fmt, required=fast == "jvm")
     if shape is not None:
-        values, ok = _fast_path(fmt, text, shape)
+        values, ok = _fast_path(fmt, text, shape, vouched)
         df = df.select("*", *values, ok.alias("_fast"))
-        # The checks below see only what the fast path did not vouch for: on a null document
-        # every one of them is a null test, not a variant cast.
-        df = df.select(
-            *(c for c in df.columns if c != "_doc"),
-            F.when(~F.col("_fast"), F.col("_doc")).alias("_doc"),
-        )
     else:
         df = df.select("*", F.lit(False).alias("_fast"))
+    # The checks below see only what the fast path did not vouch for: on a null document every
+    # one of them is a null test, not a variant cast.
+    df = df.select("*", F.when(~F.col("_fast"), F.try_parse_json(text)).alias("_doc"))
     df = df.select(
         "*",
         # A parsed document is an object when its text opens with `{`: a test on the first

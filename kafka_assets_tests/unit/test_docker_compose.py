@@ -510,7 +510,8 @@ def test_dockerfile_resolves_spark_jars_and_installs_instance() -> None:
     assert "<id>spark</id>" in POM.read_text()
 
     assert instructions[0][0] == "FROM" and "python:3.11" in instructions[0][1]
-    assert any("openjdk-17-jre-headless" in args for args in runs)
+    assert any("openjdk-17-jdk-headless" in args for args in runs)  # javac, for jvm/udf
+    assert any("build_udf_jar()" in args for args in runs), "the parse's Java function is not built"
     # kafka_assets/paths.py derives the project root (and the jars dir) from the package's own
     # location: the package must stay in the app dir, i.e. be installed editable.
     assert any(re.search(r"\bpip install\s+(-e|--editable)\s+\.", args) for args in runs)
