@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
@@ -34,6 +35,13 @@ class StagedBatch:
     path: str
 
 
+ArrowTransform = Callable[[pa.Table], pa.Table]
+
+
+def _as_is(table: pa.Table) -> pa.Table:
+    return table
+
+
 @dataclass(frozen=True)
 class StagedStream:
     """All staged micro-batches of one stream, oldest first, with a transform to apply to each."""
@@ -44,15 +52,28 @@ class StagedStream:
     transform: Callable[[DataFrame], DataFrame] | None = None
     readers: tuple[str, ...] = ()
     """Every table that loads this stream's batches: a batch all of them have loaded is deleted."""
+    arrow: ArrowTransform | None = _as_is
+    """The same transform over Arrow, while every mapped transform has an `arrow` twin giving the
+    same rows; None once one has not. A local batch then loads with no Spark job at all."""
 
     def map(self, transform: Callable[[DataFrame], DataFrame]) -> "StagedStream":
         previous = self.transform
         composed = transform if previous is None else (lambda df: transform(previous(df)))
-        return replace(self, transform=composed)
+        twin, before = getattr(transform, "arrow", None), self.arrow
+        arrow = None if twin is None or before is None else (lambda t: twin(before(t)))
+        return replace(self, transform=composed, arrow=arrow)
 
     def read(self, batch: StagedBatch) -> DataFrame:
         df = self.spark.read.parquet(batch.path)
         return self.transform(df) if self.transform else df
+
+    def read_arrow(self, batch: StagedBatch, columns: list[str]) -> pa.Table:
+        """The batch's rows as Arrow: read by pyarrow when the batch is local and the transform
+        has an Arrow twin (no Spark job, no JVM-to-Python transfer), by Spark otherwise."""
+        local = local_path(batch.path)
+        if local is None or self.arrow is None:
+            return self.read(batch).select(*columns).toArrow()
+        return self.arrow(_instants_in_utc(pq.read_table(local))).select(columns)
 
     def exists(self, batch: StagedBatch) -> bool:
         local = _local_only(self.spark, batch.path)
@@ -70,6 +91,15 @@ class StagedStream:
             return
         path, fs = _hadoop_path(self.spark, batch.path)
         fs.delete(path, True)
+
+
+def _instants_in_utc(table: pa.Table) -> pa.Table:
+    """Spark's INT96 timestamps (a session without TIMESTAMP_MICROS) read back naive, in ns;
+    they are UTC instants, as Spark itself reads them."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_timestamp(f.type) and f.type.tz is None and f.type.unit == "ns":
+            table = table.set_column(i, f.name, table[i].cast(pa.timestamp("us", tz="UTC")))
+    return table
 
 
 class RemoteStagingNeedsJvm(RuntimeError):

@@ -4,6 +4,8 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -55,7 +57,22 @@ def valid_rows(
             df = transform(df)
         return df.select(*table.column_names)
 
+    if not where and transform is None:
+        # A SQL condition or a Spark function has no Arrow twin; plain validity does.
+        _map.arrow = lambda t: _with_position(t.filter(pc.is_null(t["error"]))).select(
+            table.column_names
+        )
     return _map
+
+
+def _with_position(table: pa.Table) -> pa.Table:
+    """`_position()` over Arrow: the Kafka position under the table's column names."""
+    for staged, column in zip(("partition", "offset"), POSITION_COLUMNS, strict=True):
+        table = table.append_column(column, table[staged])
+    return table
+
+
+REJECTED = ("topic", *POSITION_COLUMNS, "key", "raw_value", "reason", "kafka_timestamp")
 
 
 def rejected(df: DataFrame) -> DataFrame:
@@ -67,6 +84,14 @@ def rejected(df: DataFrame) -> DataFrame:
         F.col("error").alias("reason"),
         "kafka_timestamp",
     )
+
+
+def _rejected_arrow(table: pa.Table) -> pa.Table:
+    table = _with_position(table.filter(pc.is_valid(table["error"])))
+    return table.append_column("reason", table["error"]).select(list(REJECTED))
+
+
+rejected.arrow = _rejected_arrow
 
 
 def build_table_asset(

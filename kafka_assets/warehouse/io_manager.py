@@ -10,7 +10,8 @@ the asset key.
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -129,18 +130,36 @@ def upsert_sql(spec: Table, table: sql.Composable, incoming: sql.Identifier) -> 
     return query
 
 
-def copy_arrow(cursor, table: sql.Composable, columns: list[str], data: pa.Table) -> int:
-    """Stream an Arrow table into COPY as CSV, in bounded chunks; returns rows sent."""
+@dataclass(frozen=True)
+class CsvRows:
+    """A batch's rows encoded for COPY: CSV in chunks of at most COPY_CHUNK_ROWS rows."""
+
+    rows: int
+    chunks: tuple[bytes, ...]
+
+
+def encode_csv(data: pa.Table) -> CsvRows:
     options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+    chunks = []
+    for batch in data.to_batches(max_chunksize=COPY_CHUNK_ROWS):
+        buf = io.BytesIO()
+        pacsv.write_csv(pa.Table.from_batches([batch]), buf, options)
+        chunks.append(buf.getvalue())
+    return CsvRows(data.num_rows, tuple(chunks))
+
+
+def copy_csv(cursor, table: sql.Composable, columns: list[str], data: CsvRows) -> int:
+    """COPY encoded rows into `table`; returns rows sent."""
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, _ident_list(columns))
-    sent = 0
     with cursor.copy(copy_sql) as copy:
-        for batch in data.to_batches(max_chunksize=COPY_CHUNK_ROWS):
-            buf = io.BytesIO()
-            pacsv.write_csv(pa.Table.from_batches([batch]), buf, options)
-            copy.write(buf.getbuffer())
-            sent += batch.num_rows
-    return sent
+        for chunk in data.chunks:
+            copy.write(chunk)
+    return data.rows
+
+
+def copy_arrow(cursor, table: sql.Composable, columns: list[str], data: pa.Table) -> int:
+    """Stream an Arrow table into COPY as CSV; returns rows sent."""
+    return copy_csv(cursor, table, columns, encode_csv(data))
 
 
 def ensure_ledger(conn, warehouse: PostgresResource) -> None:
@@ -239,11 +258,10 @@ class Loader:
             ensure_ledger(conn, self.warehouse)
             done = loaded_batches(conn, self.warehouse, spec.name)
             for source in load.sources:
-                for batch in source.batches:
-                    if (batch.query_id, batch.batch_id) in done:
-                        stats.batches_skipped += 1
-                        continue
-                    rows_in, rows_written = self._load_one(conn, spec, source, batch)
+                pending = [b for b in source.batches if (b.query_id, b.batch_id) not in done]
+                stats.batches_skipped += len(source.batches) - len(pending)
+                for batch, rows in self._read_ahead(spec, source, pending):
+                    rows_in, rows_written = self._load_one(conn, spec, source, batch, rows)
                     fault_point("load.after_commit")
                     if rows_in < 0:
                         stats.batches_skipped += 1
@@ -254,11 +272,33 @@ class Loader:
         stats.loaded_at = datetime.now(UTC)
         return stats
 
-    def _load_one(self, conn, spec: Table, source: StagedStream, batch: StagedBatch):
+    @staticmethod
+    def _read_ahead(
+        spec: Table, source: StagedStream, batches: list[StagedBatch]
+    ) -> Iterator[tuple[StagedBatch, CsvRows | None]]:
+        """Each batch with its rows encoded for COPY; the next batch is read and encoded on a
+        thread while PostgreSQL merges this one (pyarrow and libpq release the GIL), so the
+        database is kept busy. None: the batch was deleted, every reader having loaded it."""
+
+        def encoded(batch: StagedBatch) -> CsvRows | None:
+            if not source.exists(batch):
+                return None
+            return encode_csv(source.read_arrow(batch, spec.column_names))
+
+        with ThreadPoolExecutor(1, thread_name_prefix="load-read-ahead") as pool:
+            ahead = pool.submit(encoded, batches[0]) if batches else None
+            for i, batch in enumerate(batches):
+                rows = ahead.result()
+                if i + 1 < len(batches):
+                    ahead = pool.submit(encoded, batches[i + 1])
+                yield batch, rows
+
+    def _load_one(
+        self, conn, spec: Table, source: StagedStream, batch: StagedBatch, data: CsvRows | None
+    ):
         """One batch, one transaction: rows and ledger commit together or not at all."""
-        if not source.exists(batch):
+        if data is None:
             return -1, 0  # every reader loaded it and another run deleted it meanwhile
-        data = source.read(batch).select(*spec.column_names).toArrow()
         target = self.warehouse.table(spec.name)
         incoming = sql.Identifier(f"_incoming_{spec.name}")
         with conn.transaction(), conn.cursor() as cur:
@@ -271,7 +311,7 @@ class Loader:
                     incoming, target
                 )
             )
-            rows_in = copy_arrow(cur, incoming, spec.column_names, data)
+            rows_in = copy_csv(cur, incoming, spec.column_names, data)
             fault_point("load.after_copy")
             offsets = None
             if spec.offset_columns:
