@@ -50,7 +50,14 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                 f"Produce -> queryable under dagster-daemon, {fresh['trickles']} trickles of "
                 f"{fresh['messages_each']}",
                 f"p50 {fresh['p50_s']} s, p95 {fresh['p95_s']} s, max {fresh['max_s']} s",
-                "offsets sensor, run queue and launcher, runs on a warm Spark Connect server",
+                "offsets sensor, run queue and launcher, runs on a warm Spark Connect server"
+                + (
+                    f" (after {len(fresh['warmup_s'])} uncounted warm-up trickles: "
+                    + ", ".join(f"{v} s" for v in fresh["warmup_s"])
+                    + ")"
+                    if fresh.get("warmup_s")
+                    else ""
+                ),
                 fresh["goal"],
             )
         )

@@ -39,6 +39,7 @@ RESULTS = {
         "p50_s": 61.2,
         "p95_s": 80.1,
         "max_s": 90.0,
+        "warmup_s": [19.6, 12.1],
         "goal": "p50 <= 10 s, p95 <= 20 s",
     },
 }
@@ -51,6 +52,7 @@ def test_the_table_carries_every_measured_ratio_and_step():
     assert "ratio 1.107" in text and "plain 190.0 s" in text
     assert "median 41.0 ms, p95 77.5 ms" in text
     assert "p50 61.2 s, p95 80.1 s" in text
+    assert "after 2 uncounted warm-up trickles: 19.6 s, 12.1 s" in text
     assert "| spark/orders_events | 60.1 | 63.0 |" in text
     assert readme_section(RESULTS).endswith(text)
 
