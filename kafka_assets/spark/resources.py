@@ -144,8 +144,10 @@ class StreamingSettings(dg.ConfigurableResource):
 
     checkpoint_base: str
     staging_base: str
-    max_offsets_per_trigger: int = 250_000
-    """Bounds each micro-batch, and so the memory of a run, however large the backlog."""
+    max_offsets_per_trigger: int = 1_000_000
+    """Bounds each micro-batch, and so the memory of a run, however large the backlog. Each
+    micro-batch costs Spark a plan of the parse (about 0.8 s), so batches are large: the
+    warehouse reads a staged batch in chunks, so its memory does not grow with this."""
     lock_timeout_s: int = 1800
     """How long a run waits for another run of the same stream to release its checkpoint."""
 

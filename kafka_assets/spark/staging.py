@@ -9,7 +9,7 @@ nothing: its batches are simply still pending on the next run.
 import json
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,13 +67,22 @@ class StagedStream:
         df = self.spark.read.parquet(batch.path)
         return self.transform(df) if self.transform else df
 
-    def read_arrow(self, batch: StagedBatch, columns: list[str]) -> pa.Table:
-        """The batch's rows as Arrow: read by pyarrow when the batch is local and the transform
-        has an Arrow twin (no Spark job, no JVM-to-Python transfer), by Spark otherwise."""
+    def read_arrow(self, batch: StagedBatch, columns: list[str], rows: int) -> Iterator[pa.Table]:
+        """The batch's rows as Arrow, at most `rows` at a time: read by pyarrow, file by file,
+        when the batch is local and the transform has an Arrow twin (no Spark job, no transfer
+        from the JVM), collected from Spark otherwise."""
         local = local_path(batch.path)
         if local is None or self.arrow is None:
-            return self.read(batch).select(*columns).toArrow()
-        return self.arrow(_instants_in_utc(pq.read_table(local))).select(columns)
+            data = self.read(batch).select(*columns).toArrow()
+            for piece in data.to_batches(max_chunksize=rows):
+                yield pa.Table.from_batches([piece])
+            return
+        for file in sorted(local.glob("*.parquet")):
+            if file.name.startswith((".", "_")):
+                continue
+            for piece in pq.ParquetFile(file).iter_batches(batch_size=rows):
+                table = _instants_in_utc(pa.Table.from_batches([piece]))
+                yield self.arrow(table).select(columns)
 
     def exists(self, batch: StagedBatch) -> bool:
         local = _local_only(self.spark, batch.path)

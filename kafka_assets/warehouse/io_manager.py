@@ -7,28 +7,26 @@ row and a failed run loses nothing. The table's name comes from the declared `Ta
 the asset key.
 """
 
-import io
 import json
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import dagster as dg
 import psycopg
 import pyarrow as pa
-import pyarrow.csv as pacsv
 from psycopg import sql
 from pyspark.sql import DataFrame
 
 from kafka_assets.faults import fault_point, ledger_broken
 from kafka_assets.spark.staging import StagedBatch, StagedStream, newest_message_time
 from kafka_assets.warehouse import mirror
+from kafka_assets.warehouse.read_ahead import COPY_CHUNK_ROWS, CsvChunk, encode_csv, read_ahead
 from kafka_assets.warehouse.resources import PostgresResource
 from kafka_assets.warehouse.tables import LEDGER, Table
 
-COPY_CHUNK_ROWS = 50_000
 PREVIEW_ROWS = 5
 
 
@@ -130,35 +128,19 @@ def upsert_sql(spec: Table, table: sql.Composable, incoming: sql.Identifier) -> 
     return query
 
 
-@dataclass(frozen=True)
-class CsvRows:
-    """A batch's rows encoded for COPY: CSV in chunks of at most COPY_CHUNK_ROWS rows."""
-
-    rows: int
-    chunks: tuple[bytes, ...]
-
-
-def encode_csv(data: pa.Table) -> CsvRows:
-    options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
-    chunks = []
-    for batch in data.to_batches(max_chunksize=COPY_CHUNK_ROWS):
-        buf = io.BytesIO()
-        pacsv.write_csv(pa.Table.from_batches([batch]), buf, options)
-        chunks.append(buf.getvalue())
-    return CsvRows(data.num_rows, tuple(chunks))
-
-
-def copy_csv(cursor, table: sql.Composable, columns: list[str], data: CsvRows) -> int:
+def copy_csv(cursor, table: sql.Composable, columns: list[str], chunks: Iterable[CsvChunk]) -> int:
     """COPY encoded rows into `table`; returns rows sent."""
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, _ident_list(columns))
+    sent = 0
     with cursor.copy(copy_sql) as copy:
-        for chunk in data.chunks:
-            copy.write(chunk)
-    return data.rows
+        for chunk in chunks:
+            copy.write(chunk.data)
+            sent += chunk.rows
+    return sent
 
 
 def copy_arrow(cursor, table: sql.Composable, columns: list[str], data: pa.Table) -> int:
-    """Stream an Arrow table into COPY as CSV; returns rows sent."""
+    """Stream an Arrow table into COPY as CSV, in bounded chunks; returns rows sent."""
     return copy_csv(cursor, table, columns, encode_csv(data))
 
 
@@ -260,41 +242,39 @@ class Loader:
             for source in load.sources:
                 pending = [b for b in source.batches if (b.query_id, b.batch_id) not in done]
                 stats.batches_skipped += len(source.batches) - len(pending)
-                for batch, rows in self._read_ahead(spec, source, pending):
-                    rows_in, rows_written = self._load_one(conn, spec, source, batch, rows)
-                    fault_point("load.after_commit")
-                    if rows_in < 0:
-                        stats.batches_skipped += 1
-                        continue
-                    stats.loaded(batch, rows_in, rows_written)
+                with self._read_ahead(spec, source, pending) as ahead:
+                    for batch, chunks in ahead:
+                        rows_in, rows_written = self._load_one(conn, spec, source, batch, chunks)
+                        fault_point("load.after_commit")
+                        if rows_in < 0:
+                            stats.batches_skipped += 1
+                            continue
+                        stats.loaded(batch, rows_in, rows_written)
                 stats.staged_deleted += self.prune(conn, source)
         stats.seconds = time.monotonic() - began
         stats.loaded_at = datetime.now(UTC)
         return stats
 
     @staticmethod
-    def _read_ahead(
-        spec: Table, source: StagedStream, batches: list[StagedBatch]
-    ) -> Iterator[tuple[StagedBatch, CsvRows | None]]:
-        """Each batch with its rows encoded for COPY; the next batch is read and encoded on a
-        thread while PostgreSQL merges this one (pyarrow and libpq release the GIL), so the
-        database is kept busy. None: the batch was deleted, every reader having loaded it."""
+    def _read_ahead(spec: Table, source: StagedStream, batches: list[StagedBatch]):
+        """Each batch with its encoded rows, read on a thread while PostgreSQL merges the one
+        before. None: the batch was deleted, every reader having loaded it."""
 
-        def encoded(batch: StagedBatch) -> CsvRows | None:
+        def chunks_of(batch: StagedBatch) -> Iterator[CsvChunk] | None:
             if not source.exists(batch):
                 return None
-            return encode_csv(source.read_arrow(batch, spec.column_names))
+            pieces = source.read_arrow(batch, spec.column_names, COPY_CHUNK_ROWS)
+            return (chunk for piece in pieces for chunk in encode_csv(piece))
 
-        with ThreadPoolExecutor(1, thread_name_prefix="load-read-ahead") as pool:
-            ahead = pool.submit(encoded, batches[0]) if batches else None
-            for i, batch in enumerate(batches):
-                rows = ahead.result()
-                if i + 1 < len(batches):
-                    ahead = pool.submit(encoded, batches[i + 1])
-                yield batch, rows
+        return closing(read_ahead(batches, chunks_of))
 
     def _load_one(
-        self, conn, spec: Table, source: StagedStream, batch: StagedBatch, data: CsvRows | None
+        self,
+        conn,
+        spec: Table,
+        source: StagedStream,
+        batch: StagedBatch,
+        data: Iterator[CsvChunk] | None,
     ):
         """One batch, one transaction: rows and ledger commit together or not at all."""
         if data is None:

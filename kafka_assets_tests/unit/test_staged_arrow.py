@@ -55,7 +55,7 @@ def _stream(spark, path) -> tuple[StagedStream, StagedBatch]:
 
 def _both_ways(stream: StagedStream, batch: StagedBatch, columns: list[str]):
     by_spark = stream.read(batch).select(*columns).toArrow()
-    return by_spark, stream.read_arrow(batch, columns)
+    return by_spark, pa.concat_tables(stream.read_arrow(batch, columns, 700))
 
 
 def test_valid_rows_through_arrow_are_sparks_rows(spark, staged) -> None:
@@ -91,6 +91,6 @@ def test_a_where_or_a_spark_transform_keeps_the_spark_read(spark, staged) -> Non
     stream, batch = _stream(spark, staged / "events")
     paid = stream.map(valid_rows(orders, "status = 'paid'"))
     assert paid.arrow is None
-    rows = paid.read_arrow(batch, orders.column_names)
+    rows = pa.concat_tables(paid.read_arrow(batch, orders.column_names, 700))
     assert set(rows.column("status").to_pylist()) == {"paid"}
     assert stream.map(lambda df: df.where(F.lit(True))).map(rejected).arrow is None
