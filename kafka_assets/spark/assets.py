@@ -71,6 +71,7 @@ def stream_metadata(run: StreamRun, committed: dict[str, int]) -> dict[str, obje
         "query_id": run.query_id,
         "checkpoint": run.checkpoint_path,
         "staging": run.staging_path,
+        "staged_by": run.writer,
     }
 
 

@@ -8,6 +8,7 @@ warehouse loads staged batches later and records them, so a batch is never loade
 
 import fcntl
 import json
+import logging
 import os
 import time
 import uuid
@@ -21,6 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from kafka_assets.faults import fault_point
 
 Transform = Callable[[DataFrame], DataFrame]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class StreamRun:
 
     stream: str
     topic: str
+    writer: str
+    """What staged the batches: the JVM sink, or the Python `foreachBatch`."""
     query_id: str
     run_id: str
     staging_path: str
@@ -252,6 +256,16 @@ def _hadoop_query_id(spark: SparkSession, uri: str) -> str:
     return str(json.loads(text.splitlines()[0])["id"])
 
 
+STAGED_PARQUET = {
+    # Staged files are read once and deleted: dictionaries for unique values (ids, keys) cost a
+    # third of the write and save nothing.
+    "parquet.enable.dictionary": "false",
+    # Row groups of at most 32 MiB: the warehouse reads a group at a time, so its memory does not
+    # follow the micro-batch size. StagedParquetSink (jvm/udf) writes with the same settings.
+    "parquet.block.size": str(32 << 20),
+}
+
+
 def staged_batch_writer(target: str) -> Callable[[DataFrame, int], None]:
     """The foreachBatch function: each micro-batch to `<target>/batch=<n>`, overwritten on replay.
 
@@ -261,14 +275,48 @@ def staged_batch_writer(target: str) -> Callable[[DataFrame, int], None]:
 
     def write_batch(batch: DataFrame, batch_id: int) -> None:
         fault_point("stream.before_stage")
-        # No dictionary pages: staged files are read once and deleted, and building dictionaries
-        # for unique values (ids, keys) costs a third of the write.
-        batch.write.mode("overwrite").option("parquet.enable.dictionary", "false").parquet(
+        batch.write.mode("overwrite").options(**STAGED_PARQUET).parquet(
             f"{target}/batch={batch_id:012d}"
         )
         fault_point("stream.after_stage")
 
     return write_batch
+
+
+STAGED_SINK = "io.kafkaassets.StagedParquetSink$Provider"
+"""The project's JVM sink (jvm/udf): the same staging as `staged_batch_writer`, with no Python."""
+
+
+def _start(
+    spark: SparkSession, out: DataFrame, spec: StreamSpec, checkpoint: str, staged_under: str
+):
+    """Start the query; returns it and what stages its batches.
+
+    Over Spark Connect a Python `foreachBatch` makes the server start a Python worker for every
+    query, which costs more than a small batch itself, so the JVM sink stages instead when the
+    server has the project's jar. In this process's own Spark the Python writer stays: it is
+    where the fault suite's kill points are.
+    """
+
+    def start(writer):
+        return (
+            writer.outputMode(spec.output_mode)
+            .option("checkpointLocation", checkpoint)
+            .trigger(availableNow=True)
+            .start()
+        )
+
+    python = out.writeStream.queryName(spec.name).foreachBatch(staged_batch_writer(staged_under))
+    if not is_connect(spark):
+        return start(python), "foreachBatch"
+    try:
+        jvm = out.writeStream.queryName(spec.name).format(STAGED_SINK)
+        return start(jvm.option("path", staged_under)), "StagedParquetSink"
+    except Exception as exc:  # noqa: BLE001 - a server without the jar: the Python writer
+        if "StagedParquetSink" not in str(exc) and "DATA_SOURCE_NOT_FOUND" not in str(exc):
+            raise
+        log.warning(f"{spec.name}: staging through foreachBatch, the server lacks {STAGED_SINK}")
+        return start(python), "foreachBatch"
 
 
 def _progress(progress) -> dict:
@@ -308,14 +356,7 @@ def run_available_now(
     staged_under = f"{staging_path}/query={query_id}"
 
     started = time.monotonic()
-    query = (
-        out.writeStream.queryName(spec.name)
-        .foreachBatch(staged_batch_writer(staged_under))
-        .outputMode(spec.output_mode)
-        .option("checkpointLocation", checkpoint_path)
-        .trigger(availableNow=True)
-        .start()
-    )
+    query, writer = _start(spark, out, spec, checkpoint_path, staged_under)
     try:
         query.awaitTermination()
     except Exception as exc:
@@ -332,6 +373,7 @@ def run_available_now(
 
     run = StreamRun(
         stream=spec.name,
+        writer=writer,
         topic=spec.topic,
         query_id=query_id,
         run_id=str(query.runId),

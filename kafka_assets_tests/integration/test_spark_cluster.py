@@ -91,6 +91,7 @@ def test_the_pipeline_runs_on_a_standalone_cluster(pipeline_env, tmp_path):
     assert apps[0]["cores"] == 1  # the worker's one core, in an executor of the cluster
     stream = instance.get_latest_materialization_event(ORDERS_STREAM).asset_materialization
     assert stream.metadata["spark_master"].value == cluster.master_url
+    assert stream.metadata["staged_by"].value == "foreachBatch"
     assert sum(stream.metadata["end_offsets"].value.values()) == sent["acked"]["orders"]
 
     # The same tables as in local mode, and the reconciliation against Kafka holds.
@@ -128,7 +129,7 @@ def _finished_apps(cluster: SparkStandalone, timeout: float = 20.0) -> list[dict
 
 
 def test_the_pipeline_runs_over_spark_connect(pipeline_env, spark_connect, tmp_path):
-    """SPARK_MASTER=sc://…: the streams' queries and their micro-batch writer run in the server."""
+    """SPARK_MASTER=sc://…: the streams' queries and their staging run in the server."""
     env = pipeline_env
     write_dagster_yaml(Path(env["DAGSTER_HOME"]), postgres=False)
     instance = dg.DagsterInstance.get()
@@ -148,6 +149,8 @@ def test_the_pipeline_runs_over_spark_connect(pipeline_env, spark_connect, tmp_p
 
     stream = instance.get_latest_materialization_event(ORDERS_STREAM).asset_materialization
     assert stream.metadata["spark_master"].value == url
+    # Staged by the project's JVM sink: no Python worker started in the server for the query.
+    assert stream.metadata["staged_by"].value == "StagedParquetSink"
     assert stream.metadata["input_rows"].value == sent["acked"]["orders"]
     assert sum(stream.metadata["end_offsets"].value.values()) == sent["acked"]["orders"]
     latest, _ = _expected([(COUNT, SEED)])
