@@ -114,9 +114,12 @@ def build_udf_jar() -> Path:
         what="compiling jvm/udf",
     )
     SPARK_JARS_DIR.mkdir(parents=True, exist_ok=True)
+    # Packaged beside, then renamed over: a running JVM keeps reading the jar it opened.
+    fresh = SPARK_JARS_DIR / f".{UDF_JAR}.{os.getpid()}"
     run(
-        [jar_tool, "--create", "--file", str(jar), "-C", str(classes), "."],
+        [jar_tool, "--create", "--file", str(fresh), "-C", str(classes), "."],
         what="packaging jvm/udf",
     )
+    os.replace(fresh, jar)
     stamp.write_text(_udf_stamp())
     return jar

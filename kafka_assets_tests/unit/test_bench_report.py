@@ -65,3 +65,14 @@ def test_plots_are_written(tmp_path):
     made = plot(RESULTS, tmp_path)
     assert [p.name for p in made] == ["throughput.png", "steps.png"]
     assert all(p.stat().st_size > 1000 for p in made)
+
+
+def test_backlog_flatness_leaves_out_the_short_last_batch():
+    from kafka_assets.bench.backlog import flatness
+
+    full = [{"input_rows": 1_000_000, "duration_ms": ms} for ms in (9000, 8000, 8000, 8000, 9000)]
+    tail = [{"input_rows": 50, "duration_ms": 1000}]
+    assert flatness(full + tail) == flatness(full) == round((1e6 / 9) / (1e6 / 9), 3)
+    slower = full[:3] + [{"input_rows": 1_000_000, "duration_ms": 18000}]
+    assert flatness(slower) == 0.5
+    assert flatness([]) is None
