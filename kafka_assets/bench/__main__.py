@@ -5,8 +5,9 @@ produces the orders, then measures, in this order and on the same messages:
   1. a warm-up over a small first batch (Spark compiles the same plans once, for both runs),
      then the plain script once over every message, timed but not counted: the JVM's JIT
      compiles the hot path during its first million rows, as a long-running Spark's has;
-  2. the streams and loads as a plain pyspark script (no Dagster), before and after
-  3. the same selection materialized by Dagster, so drift in the machine falls on both sides;
+  2. the streams and loads as a plain pyspark script (no Dagster), three times, alternating
+  3. with the same selection materialized by Dagster, twice, so drift in the machine falls on
+     both sides (each figure is the mean of its runs);
   4. COPY + merge of the same valid rows straight into PostgreSQL;
   5. the offsets sensor over 10 topics x 12 partitions.
 Writes `.local/bench/results.json` and PNG plots, prints one table, and with --readme rewrites
@@ -19,6 +20,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import time
 import warnings
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ BENCH_DIR = LOCAL_DIR / "bench"
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
 WARMUP_MESSAGES = 20_000
+PLAIN_RUNS = 3
 INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 
 
@@ -238,31 +241,31 @@ def measure(env: dict[str, str], args) -> dict[str, object]:
     streaming, warehouse = settings("cold")
     cold = run_pipeline(spark, pipeline, kafka, streaming, warehouse)
 
-    print(f"plain      {messages} messages, streams then loads, no Dagster", flush=True)
-    streaming, warehouse = settings("plain")
-    plain = run_pipeline(spark, pipeline, kafka, streaming, warehouse)
-
-    print(f"dagster    {messages} messages, the same selection materialized", flush=True)
-    point_runs_at("dagster")
+    # Plain and Dagster runs alternate, three and two, so drift in the machine falls on both.
     instance = dg.DagsterInstance.get()
     selection = [s.key for s in pipeline.streams] + [t.key for t in pipeline.table_plans]
     selection.append(pipeline.quarantine_key)
-    began = time.monotonic()
-    result = runner.materialize(instance, selection, checks=[])
-    dagster_s = time.monotonic() - began
-    if not result.success:
-        raise RuntimeError("the Dagster run of the benchmark failed; see the instance's logs")
-    dagster_steps = _step_times(instance, selection)
-    _, dagster_wh = settings("dagster")
-    counts = {
-        name: _counts(w, pipeline) for name, w in (("plain", warehouse), ("dagster", dagster_wh))
-    }
-    if counts["plain"] != counts["dagster"]:
-        raise RuntimeError(f"the plain script and Dagster loaded different rows: {counts}")
-    print(f"plain      {messages} messages again, after the Dagster run", flush=True)
-    streaming, warehouse = settings("plain_after")
-    plain_after = run_pipeline(spark, pipeline, kafka, streaming, warehouse)
-    plain_s = (plain.seconds + plain_after.seconds) / 2
+    plains, dagsters, dagster_steps = [], [], []
+    for i in range(PLAIN_RUNS):
+        print(f"plain      {messages} messages, streams then loads, no Dagster", flush=True)
+        streaming, warehouse = settings(f"plain_{i}")
+        plains.append(run_pipeline(spark, pipeline, kafka, streaming, warehouse))
+        if i == PLAIN_RUNS - 1:
+            break
+        print(f"dagster    {messages} messages, the same selection materialized", flush=True)
+        point_runs_at(f"dagster_{i}")
+        began = time.monotonic()
+        result = runner.materialize(instance, selection, checks=[])
+        dagsters.append(time.monotonic() - began)
+        if not result.success:
+            raise RuntimeError("the Dagster run of the benchmark failed; see the instance's logs")
+        dagster_steps.append(_step_times(instance, selection))
+        _, dagster_wh = settings(f"dagster_{i}")
+        counts = {"plain": _counts(warehouse, pipeline), "dagster": _counts(dagster_wh, pipeline)}
+        if counts["plain"] != counts["dagster"]:
+            raise RuntimeError(f"the plain script and Dagster loaded different rows: {counts}")
+    plain_s = statistics.mean(p.seconds for p in plains)
+    dagster_s = statistics.mean(dagsters)
 
     print("copy       the same valid rows, COPY + merge into PostgreSQL", flush=True)
     copy_rows = rows_csv.rows
@@ -324,14 +327,19 @@ def measure(env: dict[str, str], args) -> dict[str, object]:
         "connect_sink": {**sink, "ratio_pipeline_to_sink": round(e2e_rate / sink["rows_per_s"], 3)},
         "overhead": {
             "plain_s": round(plain_s, 2),
-            "plain_runs_s": [round(plain.seconds, 2), round(plain_after.seconds, 2)],
+            "plain_runs_s": [round(p.seconds, 2) for p in plains],
             "dagster_s": round(dagster_s, 2),
+            "dagster_runs_s": [round(d, 2) for d in dagsters],
             "ratio": round(dagster_s / plain_s, 3),
             "goal": "<= 1.15",
         },
         "steps": {
-            "plain": {k: round((v + plain_after.steps[k]) / 2, 2) for k, v in plain.steps.items()},
-            "dagster": dagster_steps,
+            "plain": {
+                k: round(statistics.mean(p.steps[k] for p in plains), 2) for k in plains[0].steps
+            },
+            "dagster": {
+                k: round(statistics.mean(d[k] for d in dagster_steps), 2) for k in dagster_steps[0]
+            },
         },
         "rows": counts["dagster"],
         "sensor_tick": {**ticks, "goal": "<= 100 ms"},
