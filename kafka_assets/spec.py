@@ -228,7 +228,8 @@ class WindowSpec(dg.Model):
     size: str = "1 minute"
     """An event-time tumbling window, in Spark interval syntax."""
     watermark: str = "10 minutes"
-    """How late an event may arrive and still count; later ones are counted as dropped."""
+    """With `totals: stream`: how late an event may arrive and still count; later ones are
+    counted as dropped. Totals kept in the warehouse take events of any lateness."""
 
 
 class FreshnessSpec(dg.Model):
@@ -243,6 +244,10 @@ class MeasureSpec(dg.Model):
     agg: Literal["count", "sum", "min", "max", "avg", "approx_distinct"]
     column: str | None = None
     """Not needed for `count`."""
+
+
+FOLDABLE = frozenset({"count", "sum", "min", "max"})
+"""Measures whose totals grow by combining a micro-batch's partial totals with the stored ones."""
 
 
 class TableSpec(dg.Model):
@@ -263,10 +268,15 @@ class TableSpec(dg.Model):
     group_by: list[str] | None = None
     measures: list[MeasureSpec] | None = None
     transform: TransformSpec | None = None
+    totals: Literal["auto", "warehouse", "stream"] = "auto"
+    """aggregate: where the running totals live. `warehouse`: each micro-batch of the parsing
+    stream adds its partial totals to the table, so the topic is read once and late events
+    always count (count, sum, min and max only). `stream`: a Spark stream of its own keeps them
+    in its state, with the window's watermark. `auto`: warehouse when every measure allows."""
     freshness: FreshnessSpec | None = FreshnessSpec()
     """null: no freshness policy (e.g. a table fed only now and then)."""
     stream: AssetOptions = AssetOptions()
-    """aggregate: the Spark stream that computes it."""
+    """aggregate with `totals: stream`: the Spark stream that computes it."""
     asset: AssetOptions = AssetOptions()
 
     @model_validator(mode="after")
@@ -285,6 +295,8 @@ class TableSpec(dg.Model):
             for name in ("window", "group_by", "measures"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"table {self.name!r}: `{name}` is only for mode aggregate")
+            if self.totals != "auto":
+                raise ValueError(f"table {self.name!r}: `totals` is only for mode aggregate")
             if self.mode == "append" and (self.key or self.order_by):
                 raise ValueError(
                     f"table {self.name!r}: an append table is keyed by Kafka position; "
@@ -299,7 +311,20 @@ class TableSpec(dg.Model):
         for m in self.measures or ():
             if m.agg != "count" and not m.column:
                 raise ValueError(f"table {self.name!r}: measure {m.name!r} ({m.agg}) needs column")
+            if self.totals == "warehouse" and m.agg not in FOLDABLE:
+                raise ValueError(
+                    f"table {self.name!r}: measure {m.name!r} ({m.agg}) cannot be added up batch "
+                    f"by batch; totals: warehouse takes {', '.join(sorted(FOLDABLE))}, or use "
+                    "totals: stream"
+                )
         return self
+
+    @property
+    def folds(self) -> bool:
+        """An aggregate whose totals the warehouse keeps, from the parsing stream's batches."""
+        if self.mode != "aggregate" or self.totals == "stream":
+            return False
+        return all(m.agg in FOLDABLE for m in self.measures or ())
 
 
 class QuarantineSpec(dg.Model):

@@ -13,7 +13,7 @@ from pathlib import Path
 from psycopg import sql
 
 from kafka_assets.spec import POSITION_COLUMNS
-from kafka_assets.warehouse.io_manager import create_table_sql, upsert_sql
+from kafka_assets.warehouse.io_manager import create_table_sql, incoming_sql, upsert_sql
 from kafka_assets.warehouse.resources import PostgresResource
 from kafka_assets.warehouse.tables import Table
 
@@ -53,11 +53,7 @@ def copy_and_merge(warehouse: PostgresResource, table: Table, path: Path) -> flo
         conn.execute(create_table_sql(table, target))
         began = time.monotonic()
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
-                    incoming, target
-                )
-            )
+            cur.execute(incoming_sql(incoming, target))
             copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(incoming, columns)
             with cur.copy(copy_sql) as copy, open(path, "rb") as data:
                 while block := data.read(COPY_BLOCK):

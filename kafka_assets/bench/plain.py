@@ -16,7 +16,7 @@ from kafka_assets.lib.pipeline.component import KafkaPipeline
 from kafka_assets.spark.resources import StreamingSettings
 from kafka_assets.spark.staging import StagedStream, list_batches
 from kafka_assets.spark.streams import run_available_now
-from kafka_assets.warehouse.assets import rejected, valid_rows
+from kafka_assets.warehouse.assets import rejected
 from kafka_assets.warehouse.io_manager import Loader, TableLoad
 from kafka_assets.warehouse.resources import PostgresResource
 from kafka_assets.warehouse.tables import quarantine_table
@@ -63,8 +63,9 @@ def run_pipeline(
     loads = []
     for plan in pipeline.table_plans:
         source = staged(plan.stream.name)
-        if plan.spec.mode != "aggregate":
-            source = source.map(valid_rows(plan.table, plan.spec.where))
+        mapper = pipeline.mapper(plan)
+        if mapper is not None:
+            source = source.map(mapper)
         loads.append(TableLoad(plan.table, (source,)))
     events = staged(pipeline.events.name).map(rejected)
     loads.append(TableLoad(quarantine_table(pipeline.quarantine.table), (events,)))

@@ -445,14 +445,22 @@ _AGGS = {
 }
 
 
-def aggregate(events: DataFrame, table: TableSpec, fmt: FormatSpec) -> DataFrame:
-    """Running totals per event-time window and group, for a streaming query in update mode."""
+def aggregate(
+    events: DataFrame, table: TableSpec, fmt: FormatSpec, watermark: bool = True
+) -> DataFrame:
+    """Totals per event-time window and group of the valid rows.
+
+    Over a stream in update mode (`watermark`), the running totals Spark keeps in its state; over
+    one staged micro-batch (no watermark), that batch's partial totals, which the warehouse adds
+    to the stored ones.
+    """
     window = table.window or WindowSpec()
     event_time = fmt.event_time
     df = events.where(F.col("error").isNull())
     if table.where:
         df = df.where(F.expr(table.where))
-    df = df.withWatermark(event_time, window.watermark)
+    if watermark:
+        df = df.withWatermark(event_time, window.watermark)
     measures = []
     for m in table.measures or ():
         if m.agg == "count":

@@ -3,8 +3,9 @@
 A replay sets the stream's checkpoint aside and starts a new query at the requested offsets (per
 partition, or the first offsets at a timestamp, resolved with Kafka's offsetsForTimes). The
 warehouse stays right because every table write is idempotent by position: `append` rows are
-keyed by (partition, offset), `latest` rows only move forward in `order_by`, and an aggregate
-stream is always rebuilt from the log start, so each window is recomputed whole.
+keyed by (partition, offset), `latest` rows only move forward in `order_by`, an aggregate
+stream is always rebuilt from the log start, so each window is recomputed whole, and totals the
+warehouse keeps skip every message at or below the offsets they have already counted.
 """
 
 import json

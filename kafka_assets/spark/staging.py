@@ -7,23 +7,28 @@ nothing: its batches are simply still pending on the next run.
 """
 
 import json
+import operator
 import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import reduce
 from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from kafka_assets.spark.assets import READERS_METADATA, STREAM_METADATA
 from kafka_assets.spark.resources import SparkResource, StreamingSettings
 from kafka_assets.spark.streams import StreamRun, is_connect, local_path
 
 MESSAGE_TIME = "kafka_timestamp"
+PARTITION, OFFSET = "partition", "offset"
+"""A parsed message's Kafka position in the staged rows."""
 
 _BATCH_DIR = re.compile(r"query=([0-9a-f-]+)/batch=(\d+)$")
 
@@ -36,6 +41,8 @@ class StagedBatch:
 
 
 ArrowTransform = Callable[[pa.Table], pa.Table]
+Ranges = dict[str, list[tuple[int, int]]]
+"""Inclusive offset ranges per partition: {"0": [(0, 99), (250, 300)]}."""
 
 
 def _as_is(table: pa.Table) -> pa.Table:
@@ -63,9 +70,35 @@ class StagedStream:
         arrow = None if twin is None or before is None else (lambda t: twin(before(t)))
         return replace(self, transform=composed, arrow=arrow)
 
-    def read(self, batch: StagedBatch) -> DataFrame:
+    def read(self, batch: StagedBatch, leave_out: Ranges | None = None) -> DataFrame:
+        """The batch through the transform; without the messages in `leave_out`, inclusive
+        offset ranges per partition."""
         df = self.spark.read.parquet(batch.path)
+        if leave_out:
+            inside = [
+                (F.col(PARTITION) == int(p)) & F.col(OFFSET).between(first, last)
+                for p, ranges in leave_out.items()
+                for first, last in ranges
+            ]
+            df = df.where(~reduce(operator.or_, inside))
         return self.transform(df) if self.transform else df
+
+    def positions(self, batch: StagedBatch) -> dict[str, list[int]]:
+        """Per partition, [first offset, last offset, messages] of the whole batch, valid or not,
+        whatever the transform keeps."""
+        raw = replace(self, transform=None, arrow=_as_is)
+        pieces = list(raw.read_arrow(batch, [PARTITION, OFFSET], 1 << 20))
+        if not pieces:
+            return {}
+        stats = (
+            pa.concat_tables(pieces)
+            .group_by(PARTITION)
+            .aggregate([(OFFSET, "min"), (OFFSET, "max"), (OFFSET, "count")])
+        )
+        return {
+            str(row[PARTITION]): [row[f"{OFFSET}_{f}"] for f in ("min", "max", "count")]
+            for row in stats.to_pylist()
+        }
 
     def read_arrow(self, batch: StagedBatch, columns: list[str], rows: int) -> Iterator[pa.Table]:
         """The batch's rows as Arrow, at most `rows` at a time: read by pyarrow, file by file,

@@ -10,8 +10,15 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from kafka_assets.spark.assets import PARSING_STREAM_PRIORITY, PRIORITY_TAG
+from kafka_assets.spark.parsing import aggregate
 from kafka_assets.spark.staging import StagedStream
-from kafka_assets.spec import POSITION_COLUMNS, AssetOptions, FreshnessSpec
+from kafka_assets.spec import (
+    POSITION_COLUMNS,
+    AssetOptions,
+    FormatSpec,
+    FreshnessSpec,
+    TableSpec,
+)
 from kafka_assets.warehouse.io_manager import TableLoad
 from kafka_assets.warehouse.tables import Table
 
@@ -62,6 +69,20 @@ def valid_rows(
         _map.arrow = lambda t: _with_position(t.filter(pc.is_null(t["error"]))).select(
             table.column_names
         )
+    return _map
+
+
+def partial_totals(
+    spec: TableSpec, fmt: FormatSpec, transform: RowMapper | None = None
+) -> RowMapper:
+    """Parsed events -> one batch's totals per window and group, which the warehouse adds to
+    the stored totals (an aggregate with `totals: warehouse`)."""
+
+    def _map(df: DataFrame) -> DataFrame:
+        if transform is not None:
+            df = transform(df.where(F.col("error").isNull()))
+        return aggregate(df, spec, fmt, watermark=False)
+
     return _map
 
 

@@ -10,7 +10,7 @@ the asset key.
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -21,7 +21,7 @@ from psycopg import sql
 from pyspark.sql import DataFrame
 
 from kafka_assets.faults import fault_point, ledger_broken
-from kafka_assets.spark.staging import StagedBatch, StagedStream, newest_message_time
+from kafka_assets.spark.staging import Ranges, StagedBatch, StagedStream, newest_message_time
 from kafka_assets.warehouse import mirror
 from kafka_assets.warehouse.read_ahead import COPY_CHUNK_ROWS, CsvChunk, encode_csv, read_ahead
 from kafka_assets.warehouse.resources import PostgresResource
@@ -94,6 +94,13 @@ def create_table_sql(spec: Table, table: sql.Composable) -> sql.Composed:
     return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table, sql.SQL(", ").join(cols))
 
 
+def incoming_sql(incoming: sql.Identifier, target: sql.Composable) -> sql.Composed:
+    """The temp table a batch is copied into, shaped like its target, gone at commit."""
+    return sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
+        incoming, target
+    )
+
+
 def upsert_sql(spec: Table, table: sql.Composable, incoming: sql.Identifier) -> sql.Composed:
     """INSERT .. ON CONFLICT from the temp table, one row per key (the newest) per batch."""
     names = spec.column_names
@@ -126,6 +133,43 @@ def upsert_sql(spec: Table, table: sql.Composable, incoming: sql.Identifier) -> 
             ),
         )
     return query
+
+
+_COMBINE = {
+    "count": "{t} + {e}",
+    "sum": "COALESCE({t} + {e}, {t}, {e})",
+    "min": "LEAST({t}, {e})",
+    "max": "GREATEST({t}, {e})",
+}
+"""How a stored total and a batch's partial total of each measure make the new total."""
+
+
+def fold_sql(spec: Table, table: sql.Composable, incoming: sql.Identifier) -> sql.Composed:
+    """INSERT .. ON CONFLICT that combines a batch's partial totals (one row per key) with the
+    stored ones."""
+    combine = dict(spec.fold)
+    updates = []
+    for name in spec.column_names:
+        if name in spec.primary_key:
+            continue
+        column = sql.Identifier(name)
+        if name in combine:
+            stored, batch = sql.SQL("t.{}").format(column), sql.SQL("EXCLUDED.{}").format(column)
+            rule = sql.SQL(_COMBINE[combine[name]]).format(t=stored, e=batch)
+        else:
+            rule = sql.SQL("EXCLUDED.{}").format(column)
+        updates.append(sql.SQL("{} = {}").format(column, rule))
+    updates.append(sql.SQL("_loaded_at = now()"))
+    return sql.SQL(
+        "INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM {incoming} "
+        "ON CONFLICT ({pk}) DO UPDATE SET {updates}"
+    ).format(
+        table=table,
+        cols=_ident_list(spec.column_names),
+        incoming=incoming,
+        pk=_ident_list(spec.primary_key),
+        updates=sql.SQL(", ").join(updates),
+    )
 
 
 def copy_csv(cursor, table: sql.Composable, columns: list[str], chunks: Iterable[CsvChunk]) -> int:
@@ -208,6 +252,41 @@ def record_batch(
     )
 
 
+def folded_ranges(cur, warehouse: PostgresResource, table: str) -> Ranges:
+    """Per partition, the offset ranges of every batch folded into `table`, merged. A replayed
+    stream stages those messages again under a new query, possibly before the batches it
+    repeats are loaded; the fold leaves them out, so no total counts a message twice."""
+    cur.execute(
+        sql.SQL(
+            "SELECT e.key, (e.value->>0)::bigint, (e.value->>1)::bigint"
+            " FROM {} AS l, jsonb_each(l.offsets) AS e WHERE l.target_table = %s"
+            " ORDER BY 1, 2"
+        ).format(warehouse.table(LEDGER)),
+        (table,),
+    )
+    merged: Ranges = {}
+    for part, first, last in cur.fetchall():
+        ranges = merged.setdefault(str(part), [])
+        if ranges and first <= ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], last))
+        else:
+            ranges.append((first, last))
+    return merged
+
+
+def overlapping(batch: dict[str, list[int]], ranges: Ranges) -> tuple[Ranges, bool]:
+    """The ranges that overlap a batch's [first, last, rows] per partition, and whether they
+    cover all of it (nothing in the batch is new)."""
+    found: Ranges = {}
+    covered = True
+    for part, (first, last, _) in batch.items():
+        hits = [(a, b) for a, b in ranges.get(part, ()) if a <= last and b >= first]
+        if hits:
+            found[part] = hits
+        covered = covered and any(a <= first and b >= last for a, b in hits)
+    return found, covered
+
+
 def batch_offsets(cur, incoming: sql.Composable, part: str, off: str) -> dict[str, list[int]]:
     """Per partition: [first offset, last offset, rows] of a batch in its temp table."""
     p, o = sql.Identifier(part), sql.Identifier(off)
@@ -244,7 +323,12 @@ class Loader:
                 stats.batches_skipped += len(source.batches) - len(pending)
                 with self._read_ahead(spec, source, pending) as ahead:
                     for batch, chunks in ahead:
-                        rows_in, rows_written = self._load_one(conn, spec, source, batch, chunks)
+                        if spec.fold:
+                            rows_in, rows_written = self._fold_one(conn, spec, source, batch)
+                        else:
+                            rows_in, rows_written = self._load_one(
+                                conn, spec, source, batch, chunks
+                            )
                         fault_point("load.after_commit")
                         if rows_in < 0:
                             stats.batches_skipped += 1
@@ -258,7 +342,10 @@ class Loader:
     @staticmethod
     def _read_ahead(spec: Table, source: StagedStream, batches: list[StagedBatch]):
         """Each batch with its encoded rows, read on a thread while PostgreSQL merges the one
-        before. None: the batch was deleted, every reader having loaded it."""
+        before. None: the batch was deleted, every reader having loaded it. A fold reads its
+        batch's few partial totals itself, once it knows which messages are new."""
+        if spec.fold:
+            return nullcontext((batch, None) for batch in batches)
 
         def chunks_of(batch: StagedBatch) -> Iterator[CsvChunk] | None:
             if not source.exists(batch):
@@ -286,11 +373,7 @@ class Loader:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (spec.name,))
             if batch_recorded(cur, self.warehouse, spec.name, batch):
                 return -1, 0
-            cur.execute(
-                sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
-                    incoming, target
-                )
-            )
+            cur.execute(incoming_sql(incoming, target))
             rows_in = copy_csv(cur, incoming, spec.column_names, data)
             fault_point("load.after_copy")
             offsets = None
@@ -298,6 +381,41 @@ class Loader:
                 offsets = batch_offsets(cur, incoming, *spec.offset_columns)
             cur.execute(upsert_sql(spec, target, incoming))
             rows_written = max(cur.rowcount, 0)
+            record_batch(
+                cur,
+                self.warehouse,
+                spec.name,
+                source.stream,
+                batch,
+                (rows_in, rows_written),
+                offsets,
+                self.run_id,
+            )
+        return rows_in, rows_written
+
+    def _fold_one(self, conn, spec: Table, source: StagedStream, batch: StagedBatch):
+        """One batch's partial totals added to the table, with its ledger row, in one
+        transaction; messages already folded (a replay's) are left out before the totals."""
+        if not source.exists(batch):
+            return -1, 0
+        offsets = source.positions(batch)
+        target = self.warehouse.table(spec.name)
+        incoming = sql.Identifier(f"_incoming_{spec.name}")
+        rows_in = rows_written = 0
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (spec.name,))
+            if batch_recorded(cur, self.warehouse, spec.name, batch):
+                return -1, 0
+            counted, nothing_new = overlapping(
+                offsets, folded_ranges(cur, self.warehouse, spec.name)
+            )
+            if not nothing_new:
+                data = source.read(batch, leave_out=counted).toArrow()
+                cur.execute(incoming_sql(incoming, target))
+                rows_in = copy_arrow(cur, incoming, spec.column_names, data)
+                fault_point("load.after_copy")
+                cur.execute(fold_sql(spec, target, incoming))
+                rows_written = max(cur.rowcount, 0)
             record_batch(
                 cur,
                 self.warehouse,

@@ -39,6 +39,9 @@ class Table:
     """Upsert only when the incoming row is at least as new by these columns (late events)."""
     offset_columns: tuple[str, str] | None = None
     """(partition, offset) columns, recorded per batch for reconciliation with Kafka."""
+    fold: tuple[tuple[str, str], ...] = ()
+    """(measure column, count/sum/min/max): each batch's partial totals are combined with the
+    stored ones instead of replacing them (an aggregate whose totals the warehouse keeps)."""
     description: str = ""
 
     @property
@@ -133,7 +136,8 @@ def _measure_type(measure: MeasureSpec, pipeline: PipelineSpec) -> str:
 
 
 def aggregate_table(pipeline: PipelineSpec, spec: TableSpec) -> Table:
-    """One row per event-time window and group: running totals, replaced as they grow."""
+    """One row per event-time window and group: running totals, replaced as they grow in a
+    Spark stream's state, or added to batch by batch when the warehouse keeps them."""
     fields = pipeline.format.fields
     group_by = list(spec.group_by or ())
     columns = [
@@ -146,6 +150,7 @@ def aggregate_table(pipeline: PipelineSpec, spec: TableSpec) -> Table:
         name=spec.name,
         columns=tuple(columns),
         primary_key=("window_start", *group_by),
+        fold=tuple((m.name, m.agg) for m in spec.measures or ()) if spec.folds else (),
         description=spec.asset.description or f"Aggregates of {pipeline.topic.name} per window.",
     )
 

@@ -2,6 +2,7 @@
 
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
@@ -57,9 +58,11 @@ _checks = runner.check_results
 
 
 def _expected(rounds: list[tuple[int, int]]):
-    """Replay the generator: latest status per order by (event_time, arrival), valid page views."""
+    """Replay the generator: latest status per order by (event_time, arrival), valid page views,
+    and paid revenue per minute and currency over every valid event."""
     start = datetime.fromisoformat(START.replace("Z", "+00:00")).astimezone(UTC)
     latest: dict[str, tuple[str, int, str]] = {}
+    revenue: dict[tuple[datetime, str], list] = {}
     views = 0
     arrival = 0
     sent = 0
@@ -75,10 +78,20 @@ def _expected(rounds: list[tuple[int, int]]):
             if m.topic == "page_views":
                 views += 1
                 continue
+            if doc["status"] == "paid":
+                minute = datetime.fromisoformat(doc["event_time"]).replace(second=0, microsecond=0)
+                total = revenue.setdefault((minute, doc["currency"]), [Decimal(0), 0])
+                total[0] += Decimal(str(doc["amount"]))
+                total[1] += 1
             stamp = (doc["event_time"], arrival)
             if doc["order_id"] not in latest or stamp >= latest[doc["order_id"]][:2]:
                 latest[doc["order_id"]] = (doc["event_time"], arrival, doc["status"])
-    return {k: v[2] for k, v in latest.items()}, views
+    return {k: v[2] for k, v in latest.items()}, views, {k: tuple(v) for k, v in revenue.items()}
+
+
+def _revenue(env) -> dict:
+    rows = _query(env, "SELECT window_start, currency, revenue, orders FROM revenue_per_minute")
+    return {(w, c): (r, n) for w, c, r, n in rows}
 
 
 def _query(env, sql_text):
@@ -101,13 +114,14 @@ def test_produce_sense_run_twice_then_skip(pipeline_env):
     checks = _checks(result)
     assert checks and all(checks.values()), checks
     assert "kafka/orders:consumer_lag" in checks
-    # Each table loads as soon as its stream is staged, before the aggregates are computed:
-    # the messages are queryable before the run is half done.
+    # Each table loads as soon as its stream is staged, before the aggregate stream runs: the
+    # messages are queryable before the run is half done.
     started = [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
-    assert started.index("warehouse__orders") < started.index("spark__revenue_per_minute")
     assert started.index("warehouse__page_views") < started.index("spark__page_view_counts")
+    assert "spark__revenue_per_minute" not in started  # its totals come from orders_events
 
-    latest, views = _expected([(3000, 11)])
+    latest, views, revenue = _expected([(3000, 11)])
+    assert _revenue(env) == revenue  # every valid paid event, each counted once
     got = dict(_query(env, "SELECT order_id, status FROM orders"))
     assert got == latest  # latest state by event time, late events did not overwrite
     assert _query(env, "SELECT count(*) FROM page_views")[0][0] == views
@@ -134,10 +148,8 @@ def test_produce_sense_run_twice_then_skip(pipeline_env):
     table = instance.get_latest_materialization_event(dg.AssetKey(["warehouse", "orders"]))
     age = table.asset_materialization.metadata["newest_message_to_load_s"].value
     assert 0 < age < 600, age
-    revenue = instance.get_latest_materialization_event(
-        dg.AssetKey(["spark", "revenue_per_minute"])
-    )
-    assert revenue.asset_materialization.metadata["watermark"].value.startswith("2026-11-24")
+    counts = instance.get_latest_materialization_event(dg.AssetKey(["spark", "page_view_counts"]))
+    assert counts.asset_materialization.metadata["watermark"].value.startswith("2026-11-24")
 
     # Round 2: only the new offsets are processed --------------------------------------------
     sent2 = _produce(instance, 1000, seed=12)
@@ -155,8 +167,9 @@ def test_produce_sense_run_twice_then_skip(pipeline_env):
     }
     assert md["input_rows"].value == sent2["acked"]["orders"]
 
-    latest, views = _expected([(3000, 11), (1000, 12)])
+    latest, views, revenue = _expected([(3000, 11), (1000, 12)])
     assert dict(_query(env, "SELECT order_id, status FROM orders")) == latest
+    assert _revenue(env) == revenue  # round 2's partial totals were added, not substituted
     assert len(latest) > len(_expected([(3000, 11)])[0])  # round 2 added orders, new ids
     assert _query(env, "SELECT count(*) FROM page_views")[0][0] == views
     assert _query(env, "SELECT count(*) FROM quarantine")[0][0] == malformed1 + sum(
@@ -166,7 +179,7 @@ def test_produce_sense_run_twice_then_skip(pipeline_env):
     # Staging retention: every table reading a stream has each batch in the ledger, so no
     # staged batch is kept (the run reports stay), and disk does not grow with the topic.
     staging = Path(env["SPARK_STAGING_BASE"])
-    for stream in ("orders_events", "revenue_per_minute", "page_views_events"):
+    for stream in ("orders_events", "page_view_counts", "page_views_events"):
         assert not list((staging / stream).glob("query=*/batch=*")), stream
         assert list((staging / stream / "_runs").glob("*.json")), stream
     deleted = [

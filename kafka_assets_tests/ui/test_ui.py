@@ -48,7 +48,6 @@ SHOP_ASSETS = {
     "kafka/orders",
     "kafka/page_views",
     "spark/orders_events",
-    "spark/revenue_per_minute",
     "spark/page_views_events",
     "spark/page_view_counts",
     "warehouse/orders",
@@ -57,15 +56,14 @@ SHOP_ASSETS = {
     "warehouse/revenue_per_minute",
     "warehouse/page_view_counts",
 }
-# topic -> stream -> table
+# topic -> stream -> table (revenue totals are added up in the warehouse, from orders_events)
 SHOP_EDGES = {
     ("kafka/orders", "spark/orders_events"),
-    ("kafka/orders", "spark/revenue_per_minute"),
     ("kafka/page_views", "spark/page_views_events"),
     ("kafka/page_views", "spark/page_view_counts"),
     ("spark/orders_events", "warehouse/orders"),
     ("spark/orders_events", "warehouse/quarantine"),
-    ("spark/revenue_per_minute", "warehouse/revenue_per_minute"),
+    ("spark/orders_events", "warehouse/revenue_per_minute"),
     ("spark/page_views_events", "warehouse/page_views"),
     ("spark/page_views_events", "warehouse/quarantine"),
     ("spark/page_view_counts", "warehouse/page_view_counts"),
@@ -514,10 +512,6 @@ REPLAY_YAML = """ops:
       replay_from_timestamp: "{when}"
       reason: replayed from the launchpad
       requested_by: ui-test
-  spark__revenue_per_minute:
-    config:
-      replay_from_timestamp: "{when}"
-      reason: replayed from the launchpad
 """
 
 

@@ -150,6 +150,13 @@ PIPELINE = textwrap.dedent(
         ),
         (
             "int",
+            "{name: a, mode: aggregate, totals: warehouse, "
+            "measures: [{name: d, agg: approx_distinct, column: id}]}",
+            "measure 'd' (approx_distinct) cannot be added up batch by batch",
+        ),
+        ("int", "{name: a, mode: append, totals: stream}", "`totals` is only for mode aggregate"),
+        (
+            "int",
             "{name: a, mode: append, transform: {function: no.such.fn}}",
             "transform 'no.such.fn' cannot be imported",
         ),

@@ -316,7 +316,6 @@ def test_project_sensor_requests_lineage_and_checks_of_the_changed_topic(kafka: 
     assert set(request.asset_selection) == {
         key("kafka/orders"),
         key("spark/orders_events"),
-        key("spark/revenue_per_minute"),
         key("warehouse/orders"),
         key("warehouse/quarantine"),
         key("warehouse/revenue_per_minute"),

@@ -5,7 +5,7 @@ from psycopg import sql
 
 from kafka_assets.definitions import pipelines
 from kafka_assets.warehouse.checks import reconcile
-from kafka_assets.warehouse.io_manager import create_table_sql, upsert_sql
+from kafka_assets.warehouse.io_manager import create_table_sql, fold_sql, overlapping, upsert_sql
 from kafka_assets.warehouse.resources import PostgresResource
 from kafka_assets.warehouse.tables import Table, quarantine_table
 
@@ -209,3 +209,32 @@ def test_aggregate_tables_are_keyed_by_window_and_group() -> None:
         ("sessions", "bigint NOT NULL"),
     ]
     assert PAGE_VIEW_COUNTS.offset_columns is None
+
+
+def test_totals_the_warehouse_keeps_are_combined_not_replaced() -> None:
+    """Revenue per minute is folded batch by batch; page view counts (approx_distinct) stay in
+    a Spark stream's state and are replaced as they grow."""
+    assert REVENUE_PER_MINUTE.fold == (("revenue", "sum"), ("orders", "count"))
+    assert PAGE_VIEW_COUNTS.fold == ()
+    incoming = sql.Identifier("_incoming_revenue_per_minute")
+    text = render(fold_sql(REVENUE_PER_MINUTE, WAREHOUSE.table("revenue_per_minute"), incoming))
+
+    assert "DISTINCT ON" not in text  # a batch's partial totals are one row per key already
+    assert 'ON CONFLICT ("window_start", "currency") DO UPDATE SET ' in text
+    assert (
+        '"revenue" = COALESCE(t."revenue" + EXCLUDED."revenue", t."revenue", EXCLUDED."revenue")'
+        in text
+    )
+    assert '"orders" = t."orders" + EXCLUDED."orders"' in text
+    assert '"window_end" = EXCLUDED."window_end"' in text
+
+
+def test_a_fold_leaves_out_only_the_ranges_already_counted() -> None:
+    counted = {"0": [(0, 99), (150, 199)], "1": [(0, 49)]}
+    # Partition 0 overlaps both counted ranges; partition 1 is new past 49; 2 was never counted.
+    batch = {"0": [90, 160, 71], "1": [40, 80, 41], "2": [0, 9, 10]}
+    assert overlapping(batch, counted) == ({"0": [(0, 99), (150, 199)], "1": [(0, 49)]}, False)
+    # A batch inside what was counted (a replay's) brings nothing new.
+    assert overlapping({"0": [10, 20, 11], "1": [0, 49, 50]}, counted)[1] is True
+    # The gap between two counted ranges is new.
+    assert overlapping({"0": [100, 149, 50]}, counted) == ({}, False)

@@ -22,7 +22,9 @@ from kafka_assets.spark.parsing import aggregate, may_pass, parse_messages
 from kafka_assets.spark.streams import StreamSpec
 from kafka_assets.spec import AssetOptions, PipelineSpec, TableSpec
 from kafka_assets.warehouse.assets import (
+    RowMapper,
     build_table_asset,
+    partial_totals,
     quarantine_key,
     table_key,
     valid_rows,
@@ -96,7 +98,7 @@ SCAFFOLD = textwrap.dedent(
           key: [id]
         - name: {topic}_events      # one row per valid message, keyed by Kafka position
           mode: append
-        - name: {topic}_per_minute  # event-time windows with a watermark
+        - name: {topic}_per_minute  # event-time windows, totals added up batch by batch
           mode: aggregate
           window: {{size: 1 minute, watermark: 10 minutes}}
           group_by: [status]
@@ -137,7 +139,8 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
         plans = []
         for spec in self.tables:
             table = table_for(self, spec)
-            stream = self._aggregate_stream(spec) if spec.mode == "aggregate" else self.events
+            own_stream = spec.mode == "aggregate" and not spec.folds
+            stream = self._aggregate_stream(spec) if own_stream else self.events
             plans.append(TablePlan(spec, table, table_key(spec.name, spec.asset), stream))
         return plans
 
@@ -149,6 +152,14 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
         """The tables that load a stream's staged batches (the parsing stream feeds quarantine)."""
         tables = [t.table.name for t in self.table_plans if t.stream == stream]
         return tables + ([self.quarantine.table] if stream == self.events else [])
+
+    def mapper(self, plan: TablePlan) -> RowMapper | None:
+        """How the table's stream batches become its rows (None: the stream shaped them)."""
+        if plan.spec.mode != "aggregate":
+            return valid_rows(plan.table, plan.spec.where, self._custom(plan.spec))
+        if plan.spec.folds:
+            return partial_totals(plan.spec, self.format, self._custom(plan.spec))
+        return None
 
     @property
     def quarantine_key(self) -> dg.AssetKey:
@@ -208,16 +219,12 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
             build_retention_check(self.topic.name, self.topic_key, readers),
         ]
         for plan in self.table_plans:
-            if plan.spec.mode == "aggregate":
-                mapper = None  # the stream already shaped the rows
-            else:
-                mapper = valid_rows(plan.table, plan.spec.where, self._custom(plan.spec))
             assets.append(
                 build_table_asset(
                     plan.table,
                     plan.key,
                     {plan.stream.name: plan.stream.key},
-                    {plan.stream.name: mapper},
+                    {plan.stream.name: self.mapper(plan)},
                     plan.spec.asset,
                     plan.spec.freshness,
                     group,
@@ -250,7 +257,8 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
             description=(
                 f"Reprocess {self.topic.name} from an offset or a timestamp: set "
                 "replay_from_offsets or replay_from_timestamp (and a reason) in a stream's "
-                "config. Aggregate streams are rebuilt from the log start."
+                "config. Aggregate streams are rebuilt from the log start; totals kept in "
+                "the warehouse skip the messages they already counted."
             ),
         )
         return dg.Definitions(assets=assets, asset_checks=checks, jobs=[replay])
