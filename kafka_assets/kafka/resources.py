@@ -69,6 +69,10 @@ class KafkaResource(dg.ConfigurableResource):
     Spark reads ranges that already exist, yet each task's consumer waits this long once at the
     end of its range: at Kafka's default of 500 ms, a 100-message micro-batch over 6 partitions
     took 2.2 s on 2 cores, and 0.45 s at 10 ms."""
+    spark_max_poll_records: int = 10_000
+    """Records each poll of Spark's consumers hands back. At Kafka's default of 500, reading
+    1M orders (300 MB) took 2.3 s on 2 cores; at 10,000, 1.2 to 1.4 s. A poll holds at most
+    this many records of a task's range in memory."""
 
     # -- settings -------------------------------------------------------------------------
     def client_config(self) -> dict[str, str]:
@@ -90,6 +94,7 @@ class KafkaResource(dg.ConfigurableResource):
             "kafka.bootstrap.servers": self.bootstrap_servers,
             "kafka.security.protocol": self.security_protocol or "PLAINTEXT",
             "kafka.fetch.max.wait.ms": str(self.spark_fetch_max_wait_ms),
+            "kafka.max.poll.records": str(self.spark_max_poll_records),
         }
         if self.sasl_mechanism:
             module = _SASL_MODULES.get(self.sasl_mechanism.upper())

@@ -341,6 +341,7 @@ def test_client_config_drops_empty_settings() -> None:
         "kafka.bootstrap.servers": "broker:9092",
         "kafka.security.protocol": "PLAINTEXT",
         "kafka.fetch.max.wait.ms": "10",
+        "kafka.max.poll.records": "10000",
     }
 
 
