@@ -23,7 +23,9 @@ STREAM_METADATA = "kafka_assets/stream"
 PRIORITY_TAG = "dagster/priority"
 """Step order within a run: the in-process executor runs the ready step of highest priority."""
 PARSING_STREAM_PRIORITY = 1
-"""Above an aggregate stream (0): a run stages the rows its tables load before the aggregates."""
+"""Above the aggregates: a run stages the rows its tables load before it computes totals."""
+AGGREGATE_PRIORITY = 0
+"""An aggregate stream, and a table adding up totals: after every row is queryable."""
 READERS_METADATA = "kafka_assets/readers"
 """Definition metadata listing the warehouse tables that load a stream's staged batches: once
 all of them have a batch in the ledger, the batch is deleted."""

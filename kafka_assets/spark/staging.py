@@ -29,6 +29,9 @@ from kafka_assets.spark.streams import StreamRun, is_connect, local_path
 MESSAGE_TIME = "kafka_timestamp"
 PARTITION, OFFSET = "partition", "offset"
 """A parsed message's Kafka position in the staged rows."""
+ARROW_INPUTS = ("error", PARTITION, OFFSET)
+"""What the Arrow twins of the warehouse's mappers read besides the columns they hand on (the
+quarantine's `reason` is `error`; positions are renamed): a load decodes only those columns."""
 
 _BATCH_DIR = re.compile(r"query=([0-9a-f-]+)/batch=(\d+)$")
 
@@ -110,10 +113,13 @@ class StagedStream:
             for piece in data.to_batches(max_chunksize=rows):
                 yield pa.Table.from_batches([piece])
             return
+        needed = {*columns, *ARROW_INPUTS}
         for file in sorted(local.glob("*.parquet")):
             if file.name.startswith((".", "_")):
                 continue
-            for piece in pq.ParquetFile(file).iter_batches(batch_size=rows):
+            parquet = pq.ParquetFile(file)
+            wanted = [c for c in parquet.schema_arrow.names if c in needed]
+            for piece in parquet.iter_batches(batch_size=rows, columns=wanted):
                 table = _instants_in_utc(pa.Table.from_batches([piece]))
                 yield self.arrow(table).select(columns)
 

@@ -28,7 +28,7 @@ from kafka_assets.warehouse.tables import Table
 FOLLOW_STREAMS = dg.AutomationCondition.eager()
 
 # A table loads as soon as its stream is staged, ahead of any stream still to run: new messages
-# become queryable first, and the aggregates are refreshed after.
+# become queryable first, and the aggregates (streams, and tables adding up totals) after.
 TABLE_PRIORITY = PARSING_STREAM_PRIORITY + 1
 
 RowMapper = Callable[[DataFrame], DataFrame]
@@ -123,6 +123,7 @@ def build_table_asset(
     options: AssetOptions,
     freshness: FreshnessSpec | None = None,
     group: str = "warehouse",
+    priority: int = TABLE_PRIORITY,
 ) -> dg.AssetsDefinition:
     """A table fed by staged streams: `sources` maps an input name to a stream asset key, and
     `mappers` says how that stream's batches become the table's rows (None: as they are)."""
@@ -133,7 +134,7 @@ def build_table_asset(
         group_name=options.group or group,
         kinds=set(options.kinds or ["postgres"]),
         io_manager_key="warehouse_io_manager",
-        op_tags={PRIORITY_TAG: str(TABLE_PRIORITY)},
+        op_tags={PRIORITY_TAG: str(priority)},
         automation_condition=FOLLOW_STREAMS,
         freshness_policy=(
             dg.FreshnessPolicy.time_window(

@@ -114,10 +114,12 @@ def test_produce_sense_run_twice_then_skip(pipeline_env):
     checks = _checks(result)
     assert checks and all(checks.values()), checks
     assert "kafka/orders:consumer_lag" in checks
-    # Each table loads as soon as its stream is staged, before the aggregate stream runs: the
+    # Each table loads as soon as its stream is staged, before any aggregate is computed: the
     # messages are queryable before the run is half done.
     started = [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
-    assert started.index("warehouse__page_views") < started.index("spark__page_view_counts")
+    for rows in ("warehouse__orders", "warehouse__page_views", "warehouse__quarantine"):
+        for totals in ("spark__page_view_counts", "warehouse__revenue_per_minute"):
+            assert started.index(rows) < started.index(totals), started
     assert "spark__revenue_per_minute" not in started  # its totals come from orders_events
 
     latest, views, revenue = _expected([(3000, 11)])

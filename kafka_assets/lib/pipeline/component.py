@@ -17,11 +17,16 @@ from kafka_assets.kafka.producer import load_callable
 from kafka_assets.kafka.topics import build_topic_asset, topic_key
 from kafka_assets.lib.domain import domain_group
 from kafka_assets.lib.producer.component import Producer
-from kafka_assets.spark.assets import PARSING_STREAM_PRIORITY, build_stream_asset
+from kafka_assets.spark.assets import (
+    AGGREGATE_PRIORITY,
+    PARSING_STREAM_PRIORITY,
+    build_stream_asset,
+)
 from kafka_assets.spark.parsing import aggregate, may_pass, parse_messages
 from kafka_assets.spark.streams import StreamSpec
 from kafka_assets.spec import AssetOptions, PipelineSpec, TableSpec
 from kafka_assets.warehouse.assets import (
+    TABLE_PRIORITY,
     RowMapper,
     build_table_asset,
     partial_totals,
@@ -210,7 +215,9 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
                     stream.options.group or group,
                     stream.options.kinds or ["spark", "parquet"],
                     readers=self.readers(stream),
-                    priority=PARSING_STREAM_PRIORITY if stream == self.events else 0,
+                    priority=PARSING_STREAM_PRIORITY
+                    if stream == self.events
+                    else AGGREGATE_PRIORITY,
                 )
             )
         readers = {s.name: s.key for s in self.streams}
@@ -228,6 +235,7 @@ class KafkaPipeline(dg.Component, PipelineSpec, dg.Resolvable):
                     plan.spec.asset,
                     plan.spec.freshness,
                     group,
+                    priority=AGGREGATE_PRIORITY if plan.spec.folds else TABLE_PRIORITY,
                 )
             )
             if plan.spec.mode == "latest":
