@@ -86,22 +86,14 @@ class StagedStream:
             df = df.where(~reduce(operator.or_, inside))
         return self.transform(df) if self.transform else df
 
-    def positions(self, batch: StagedBatch) -> dict[str, list[int]]:
+    def positions(self, batch: StagedBatch) -> "Spans":
         """Per partition, [first offset, last offset, messages] of the whole batch, valid or not,
         whatever the transform keeps."""
         raw = replace(self, transform=None, arrow=_as_is)
-        pieces = list(raw.read_arrow(batch, [PARTITION, OFFSET], 1 << 20))
-        if not pieces:
-            return {}
-        stats = (
-            pa.concat_tables(pieces)
-            .group_by(PARTITION)
-            .aggregate([(OFFSET, "min"), (OFFSET, "max"), (OFFSET, "count")])
-        )
-        return {
-            str(row[PARTITION]): [row[f"{OFFSET}_{f}"] for f in ("min", "max", "count")]
-            for row in stats.to_pylist()
-        }
+        found: Spans = {}
+        for piece in raw.read_arrow(batch, [PARTITION, OFFSET], 1 << 20):
+            found = add_spans(found, offset_spans(piece, PARTITION, OFFSET))
+        return found
 
     def read_arrow(self, batch: StagedBatch, columns: list[str], rows: int) -> Iterator[pa.Table]:
         """The batch's rows as Arrow, at most `rows` at a time: read by pyarrow, file by file,
@@ -139,6 +131,36 @@ class StagedStream:
             return
         path, fs = _hadoop_path(self.spark, batch.path)
         fs.delete(path, True)
+
+
+Spans = dict[str, list[int]]
+"""Per partition, [first offset, last offset, rows] of some messages."""
+
+
+def offset_spans(rows: pa.Table, partition: str, offset: str) -> Spans:
+    """The spans of the Kafka positions in `rows`, from its partition and offset columns."""
+    if not rows.num_rows:
+        return {}
+    stats = rows.group_by(partition).aggregate(
+        [(offset, "min"), (offset, "max"), (offset, "count")]
+    )
+    return {
+        str(row[partition]): [row[f"{offset}_{f}"] for f in ("min", "max", "count")]
+        for row in stats.to_pylist()
+    }
+
+
+def add_spans(a: Spans, b: Spans) -> Spans:
+    """The spans of two sets of messages together."""
+    out = {p: list(v) for p, v in a.items()}
+    for part, (first, last, rows) in b.items():
+        have = out.get(part)
+        out[part] = (
+            [min(have[0], first), max(have[1], last), have[2] + rows]
+            if have
+            else [first, last, rows]
+        )
+    return out
 
 
 def _instants_in_utc(table: pa.Table) -> pa.Table:

@@ -11,8 +11,9 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import reduce
 
 import dagster as dg
 import psycopg
@@ -21,9 +22,22 @@ from psycopg import sql
 from pyspark.sql import DataFrame
 
 from kafka_assets.faults import fault_point, ledger_broken
-from kafka_assets.spark.staging import Ranges, StagedBatch, StagedStream, newest_message_time
+from kafka_assets.spark.staging import (
+    Ranges,
+    StagedBatch,
+    StagedStream,
+    add_spans,
+    newest_message_time,
+    offset_spans,
+)
 from kafka_assets.warehouse import mirror
-from kafka_assets.warehouse.read_ahead import COPY_CHUNK_ROWS, CsvChunk, encode_csv, read_ahead
+from kafka_assets.warehouse.read_ahead import (
+    COPY_CHUNK_ROWS,
+    CsvChunk,
+    encode_csv,
+    newest_per_key,
+    read_ahead,
+)
 from kafka_assets.warehouse.resources import PostgresResource
 from kafka_assets.warehouse.tables import LEDGER, Table
 
@@ -170,6 +184,24 @@ def fold_sql(spec: Table, table: sql.Composable, incoming: sql.Identifier) -> sq
         pk=_ident_list(spec.primary_key),
         updates=sql.SQL(", ").join(updates),
     )
+
+
+def copy_chunks(rows: pa.Table, spec: Table) -> Iterator[CsvChunk]:
+    """A piece of a staged batch as CSV for COPY, with the Kafka positions of every row read
+    for the ledger; a latest table's piece keeps only the newest row of each key."""
+    spans = offset_spans(rows, *spec.offset_columns) if spec.offset_columns else {}
+    read = rows.num_rows
+    if spec.newer_than:
+        rows = newest_per_key(rows, spec.primary_key, spec.newer_than)
+    for i, chunk in enumerate(encode_csv(rows)):
+        yield chunk if i else replace(chunk, read=read, spans=spans)
+
+
+def _noting(chunks: Iterable[CsvChunk], into: list[CsvChunk]) -> Iterator[CsvChunk]:
+    """The chunks, each kept in `into` (without its data) as it goes by."""
+    for chunk in chunks:
+        into.append(replace(chunk, data=b""))
+        yield chunk
 
 
 def copy_csv(cursor, table: sql.Composable, columns: list[str], chunks: Iterable[CsvChunk]) -> int:
@@ -351,7 +383,7 @@ class Loader:
             if not source.exists(batch):
                 return None
             pieces = source.read_arrow(batch, spec.column_names, COPY_CHUNK_ROWS)
-            return (chunk for piece in pieces for chunk in encode_csv(piece))
+            return (chunk for piece in pieces for chunk in copy_chunks(piece, spec))
 
         return closing(read_ahead(batches, chunks_of))
 
@@ -369,28 +401,19 @@ class Loader:
         target = self.warehouse.table(spec.name)
         incoming = sql.Identifier(f"_incoming_{spec.name}")
         with conn.transaction(), conn.cursor() as cur:
-            # Serialises loaders of one table; the ledger re-check below makes a race harmless.
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (spec.name,))
-            if batch_recorded(cur, self.warehouse, spec.name, batch):
+            if not self._claim(cur, spec.name, batch):
                 return -1, 0
             cur.execute(incoming_sql(incoming, target))
-            rows_in = copy_csv(cur, incoming, spec.column_names, data)
+            read: list[CsvChunk] = []
+            copy_csv(cur, incoming, spec.column_names, _noting(data, read))
             fault_point("load.after_copy")
+            rows_in = sum(c.rows if c.read is None else c.read for c in read)
             offsets = None
             if spec.offset_columns:
-                offsets = batch_offsets(cur, incoming, *spec.offset_columns)
+                offsets = reduce(add_spans, (c.spans for c in read), {})
             cur.execute(upsert_sql(spec, target, incoming))
             rows_written = max(cur.rowcount, 0)
-            record_batch(
-                cur,
-                self.warehouse,
-                spec.name,
-                source.stream,
-                batch,
-                (rows_in, rows_written),
-                offsets,
-                self.run_id,
-            )
+            self._record(cur, spec.name, source.stream, batch, (rows_in, rows_written), offsets)
         return rows_in, rows_written
 
     def _fold_one(self, conn, spec: Table, source: StagedStream, batch: StagedBatch):
@@ -403,8 +426,7 @@ class Loader:
         incoming = sql.Identifier(f"_incoming_{spec.name}")
         rows_in = rows_written = 0
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (spec.name,))
-            if batch_recorded(cur, self.warehouse, spec.name, batch):
+            if not self._claim(cur, spec.name, batch):
                 return -1, 0
             counted, nothing_new = overlapping(
                 offsets, folded_ranges(cur, self.warehouse, spec.name)
@@ -416,17 +438,17 @@ class Loader:
                 fault_point("load.after_copy")
                 cur.execute(fold_sql(spec, target, incoming))
                 rows_written = max(cur.rowcount, 0)
-            record_batch(
-                cur,
-                self.warehouse,
-                spec.name,
-                source.stream,
-                batch,
-                (rows_in, rows_written),
-                offsets,
-                self.run_id,
-            )
+            self._record(cur, spec.name, source.stream, batch, (rows_in, rows_written), offsets)
         return rows_in, rows_written
+
+    def _claim(self, cur, table: str, batch: StagedBatch) -> bool:
+        """Take the table's advisory lock, which serialises its loaders, for this transaction;
+        False when the batch is in the ledger already (another loader won the race)."""
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+        return not batch_recorded(cur, self.warehouse, table, batch)
+
+    def _record(self, cur, table: str, stream: str, batch: StagedBatch, rows, offsets) -> None:
+        record_batch(cur, self.warehouse, table, stream, batch, rows, offsets, self.run_id)
 
     def prune(self, conn, source: StagedStream) -> int:
         """Delete the staged batches of `source` that every table reading it has in the ledger.
@@ -493,8 +515,7 @@ class Loader:
         written = 0
         offsets = None
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (load.name,))
-            if batch_recorded(cur, self.warehouse, load.name, batch):
+            if not self._claim(cur, load.name, batch):
                 return -1, 0
             if data.num_rows:
                 cur.execute(mirror.create_mirror_sql(table, target))
@@ -523,16 +544,8 @@ class Loader:
                 for statement in mirror.apply_sql(table, target, latest, tombstones):
                     cur.execute(statement)
                     written += max(cur.rowcount, 0)
-            record_batch(
-                cur,
-                self.warehouse,
-                load.name,
-                load.source.stream,
-                batch,
-                (data.num_rows, written),
-                offsets,
-                self.run_id,
-            )
+            rows = (data.num_rows, written)
+            self._record(cur, load.name, load.source.stream, batch, rows, offsets)
         return data.num_rows, written
 
 

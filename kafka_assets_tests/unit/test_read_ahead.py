@@ -1,5 +1,6 @@
 """The loader's read-ahead: batches in order, chunks complete, errors raised, memory bounded."""
 
+import random
 import threading
 import time
 from contextlib import closing
@@ -8,7 +9,9 @@ import pyarrow as pa
 import pytest
 
 from kafka_assets.spark.staging import StagedBatch
-from kafka_assets.warehouse.read_ahead import CsvChunk, encode_csv, read_ahead
+from kafka_assets.warehouse.io_manager import copy_chunks
+from kafka_assets.warehouse.read_ahead import CsvChunk, encode_csv, newest_per_key, read_ahead
+from kafka_assets.warehouse.tables import Column, Table
 
 BATCHES = [StagedBatch("q", i, f"file:/nowhere/batch={i}") for i in range(4)]
 
@@ -76,3 +79,62 @@ def test_csv_chunks_split_a_table_and_count_its_rows() -> None:
     chunks = list(encode_csv(table))
     assert [c.rows for c in chunks] == [50_000, 50_000, 20_001]
     assert chunks[0].data.startswith(b'0,"a,b"\n')
+
+
+def test_newest_per_key_keeps_the_row_the_merge_would_keep() -> None:
+    """Against a plain Python reading of the merge's ORDER BY key, event_time DESC, offset DESC
+    (PostgreSQL puts nulls first when descending)."""
+    rng = random.Random(5)
+    rows = [
+        {
+            "k": f"o-{rng.randrange(40)}",
+            "t": None if rng.random() < 0.1 else rng.randrange(20),
+            "off": i,
+            "v": rng.random(),
+        }
+        for i in range(600)
+    ]
+    rng.shuffle(rows)
+    newest: dict[str, dict] = {}
+    for row in rows:
+        rank = (row["t"] is None, row["t"] or 0, row["off"])
+        have = newest.get(row["k"])
+        if have is None or rank > (have["t"] is None, have["t"] or 0, have["off"]):
+            newest[row["k"]] = row
+
+    kept = newest_per_key(pa.Table.from_pylist(rows), ["k"], ["t", "off"]).to_pylist()
+
+    assert len(kept) == len(newest) == 40
+    assert sorted(kept, key=lambda r: r["k"]) == sorted(newest.values(), key=lambda r: r["k"])
+
+
+def test_a_latest_tables_chunk_sends_the_newest_rows_and_tells_what_it_read() -> None:
+    table = Table(
+        "t",
+        tuple(
+            Column(name, kind)
+            for name, kind in [
+                ("k", "text"),
+                ("t", "integer"),
+                ("source_partition", "integer"),
+                ("source_offset", "bigint"),
+            ]
+        ),
+        primary_key=("k",),
+        newer_than=("t", "source_offset"),
+        offset_columns=("source_partition", "source_offset"),
+    )
+    rows = pa.table(
+        {
+            "k": ["a", "b", "a", "a", "b"],
+            "t": [1, 1, 3, 2, 0],
+            "source_partition": [0, 0, 0, 1, 1],
+            "source_offset": [10, 11, 12, 7, 8],
+        }
+    )
+
+    (chunk,) = copy_chunks(rows, table)
+
+    assert sorted(chunk.data.decode().splitlines()) == ['"a",3,0,12', '"b",1,0,11']
+    assert (chunk.rows, chunk.read) == (2, 5)
+    assert chunk.spans == {"0": [10, 12, 3], "1": [7, 8, 2]}
