@@ -13,11 +13,7 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
             f"{e2e['rows_per_s']:,} msg/s ({e2e['dagster_s']} s)"
             + (f"; first, cold run {e2e['cold_plain_s']} s" if "cold_plain_s" in e2e else ""),
             f"COPY + merge {e2e['copy_merge_rows_per_s']:,} rows/s"
-            + (
-                f" (fastest of {_runs(e2e['copy_merge_runs_s'])}, between the runs)"
-                if "copy_merge_runs_s" in e2e
-                else ""
-            )
+            + _runs_behind(e2e, "copy_merge_runs_s", "fastest of {}, between the runs")
             + f": ratio {e2e['ratio_to_copy_merge']}",
             f"ratio {e2e['goal']}",
         ),
@@ -35,14 +31,9 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
         ),
         (
             "Dagster overhead (same streams and loads as a plain pyspark script)",
-            f"Dagster {over['dagster_s']} s"
-            + (f" (mean of {_runs(over['dagster_runs_s'])})" if "dagster_runs_s" in over else ""),
+            f"Dagster {over['dagster_s']} s" + _runs_behind(over, "dagster_runs_s", "mean of {}"),
             f"plain {over['plain_s']} s"
-            + (
-                f" (mean of {_runs(over['plain_runs_s'])}, alternating)"
-                if "plain_runs_s" in over
-                else ""
-            )
+            + _runs_behind(over, "plain_runs_s", "mean of {}, alternating")
             + f": ratio {over['ratio']}",
             f"ratio {over['goal']}",
         ),
@@ -91,6 +82,11 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
 
 def _runs(seconds: list[float]) -> str:
     return ", ".join(f"{v} s" for v in seconds)
+
+
+def _runs_behind(figures: dict, key: str, how: str) -> str:
+    """' (mean of 1.0 s, 2.0 s)' and the like, when the results list the runs behind a figure."""
+    return f" ({how.format(_runs(figures[key]))})" if key in figures else ""
 
 
 def table(results: dict) -> str:
