@@ -5,7 +5,7 @@ partition, or the first offsets at a timestamp, resolved with Kafka's offsetsFor
 warehouse stays right because every table write is idempotent by position: `append` rows are
 keyed by (partition, offset), `latest` rows only move forward in `order_by`, an aggregate
 stream is always rebuilt from the log start, so each window is recomputed whole, and totals the
-warehouse keeps skip every message at or below the offsets they have already counted.
+warehouse keeps leave out every message in the offset ranges they have already counted.
 """
 
 import json
