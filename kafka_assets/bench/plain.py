@@ -49,7 +49,7 @@ def run_pipeline(
             kafka.spark_options(),
             streaming.checkpoint_path(stream.name),
             streaming.staging_path(stream.name),
-            streaming.max_offsets_per_trigger,
+            streaming.max_offsets(stream.spec),
         )
         steps[f"spark/{stream.name}"] = time.monotonic() - t
         rows[f"spark/{stream.name}"] = run.input_rows

@@ -32,6 +32,9 @@ from kafka_assets.warehouse.io_manager import MirrorLoad
 from kafka_assets.warehouse.mirror import mirror_columns_sql
 from kafka_assets.warehouse.resources import PostgresResource
 
+MIRROR_MAX_OFFSETS = 1_000_000
+"""The most change events in one micro-batch of a mirror's stream."""
+
 
 def connector_config(spec: CdcSourceSpec, source_db: SourceDatabaseResource) -> dict[str, str]:
     """What is PUT to Connect: the password is a reference the worker resolves, never a value."""
@@ -165,6 +168,8 @@ def changes_stream(name: str, topic: str) -> StreamSpec:
         f"Every change event of {topic}, parsed against the schema the events carry; "
         "tombstones marked, malformed events with an error.",
         prepare=prepare,
+        # A mirror's load collects a batch into Arrow, so its memory follows this bound.
+        max_offsets_per_trigger=MIRROR_MAX_OFFSETS,
     )
 
 

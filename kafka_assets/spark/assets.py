@@ -132,7 +132,7 @@ def build_stream_asset(
                     kafka.spark_options(),
                     checkpoint,
                     streaming.staging_path(spec.name),
-                    streaming.max_offsets_per_trigger,
+                    streaming.max_offsets(run_spec),
                     starting_offsets=plan.starting_offsets,
                     fail_on_data_loss=plan.fail_on_data_loss,
                 )

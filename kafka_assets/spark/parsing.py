@@ -91,16 +91,41 @@ def _cast_type(ftype: FieldType) -> str:
 
 
 def _has_null_leaf(value: Column, ftype: FieldType) -> Column:
-    """True when any leaf of a cast complex value is null (a missing or uncastable nested field)."""
-    if ftype.kind == "array":
-        return F.exists(value, lambda e: _has_null_leaf(e, ftype.element))
+    """True when any leaf of a cast complex value is null (a missing or uncastable nested field).
+
+    Spark cannot code-generate a higher-order function (`exists`), and one such expression takes
+    the whole parse out of whole-stage code generation: every message, valid or not, then paid
+    for the row it materializes in between. So arrays are tested with code-generated functions:
+    the array of one field of every element (`items.sku`) is null where that element is, and
+    `sort_array` puts nulls first.
+    """
     if ftype.kind == "struct":
-        checks = [_has_null_leaf(value[n], t) for n, t in ftype.fields]
-        out = checks[0]
-        for c in checks[1:]:
-            out = out | c
-        return value.isNull() | out
+        out = value.isNull()
+        for name, t in ftype.fields:
+            out = out | _has_null_leaf(value[name], t)
+        return out
+    if ftype.kind == "array":
+        return value.isNull() | _null_in(value, ftype.element)
     return value.isNull()
+
+
+def _null_in(values: Column, element: FieldType) -> Column:
+    """True when an array holds a null element or an element with a null leaf."""
+    if element.kind == "struct":
+        out = F.lit(False)
+        for name, t in element.fields:
+            out = out | _null_in(values[name], t)
+        return out
+    if element.kind == "json":
+        # VARIANT values cannot be sorted; the only case left to a higher-order function.
+        return F.exists(values, lambda e: e.isNull())
+    first = F.get(F.sort_array(values), 0)
+    has_null = (F.size(values) > 0) & first.isNull()
+    if element.kind == "array":
+        # With a null inner array, `flatten` is null, and so is the test below it: `has_null`
+        # has said true already, and `true OR null` is true.
+        return has_null | _null_in(F.flatten(values), element.element)
+    return has_null
 
 
 def _typed(field: Column, json_type: Column | None, ftype: FieldType) -> tuple[Column, Column]:

@@ -36,6 +36,9 @@ class StreamSpec:
     """For a transform that must look at the topic before the query starts (CDC: the schema of
     the newest change events); called with the librdkafka client settings, its result replaces
     `transform` for that run."""
+    max_offsets_per_trigger: int | None = None
+    """A lower micro-batch bound than the streaming resource's, for a stream whose loads hold a
+    whole batch in memory (CDC's mirrors)."""
 
 
 @dataclass

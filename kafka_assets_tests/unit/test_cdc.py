@@ -9,7 +9,12 @@ import pytest
 from psycopg import sql
 from pyspark.sql import types as T
 
-from kafka_assets.cdc.assets import connector_config, mirror_match_queries
+from kafka_assets.cdc.assets import (
+    MIRROR_MAX_OFFSETS,
+    changes_stream,
+    connector_config,
+    mirror_match_queries,
+)
 from kafka_assets.cdc.connect import (
     PASSWORD_REFERENCE,
     KafkaConnectResource,
@@ -444,3 +449,21 @@ def test_a_failed_task_fails_the_asset_with_the_workers_trace() -> None:
     failure = next(e for e in result.all_events if e.is_step_failure)
     text = str(failure.event_specific_data.error)
     assert "password authentication failed" in text and "task 0 on w1:8083" in text
+
+
+def test_a_mirror_stream_keeps_its_own_lower_micro_batch_bound(tmp_path: Path) -> None:
+    """A mirror's load holds a micro-batch whole; a parsing stream's reads it in chunks."""
+    import kafka_assets.defs
+    from kafka_assets.definitions import load_pipelines
+    from kafka_assets.spark.resources import StreamingSettings
+
+    _, pipelines, _ = load_pipelines(kafka_assets.defs)
+    parsing = pipelines[0].events.spec
+    changes = changes_stream("legacy_customers_changes", "legacy.public.customers")
+    default = StreamingSettings(checkpoint_base=str(tmp_path), staging_base=str(tmp_path))
+    assert default.max_offsets(changes) == MIRROR_MAX_OFFSETS < default.max_offsets(parsing)
+    assert default.max_offsets(parsing) == default.max_offsets_per_trigger
+    small = StreamingSettings(
+        checkpoint_base=str(tmp_path), staging_base=str(tmp_path), max_offsets_per_trigger=500
+    )
+    assert small.max_offsets(changes) == small.max_offsets(parsing) == 500

@@ -210,7 +210,7 @@ def test_spark_master_names_the_kind_of_spark() -> None:
 
 
 def test_a_standalone_cluster_gets_the_connector_jars_and_small_executors(tmp_path: Path) -> None:
-    from kafka_assets.spark.resources import spark_config
+    from kafka_assets.spark.resources import JIT_OPTIONS, spark_config
 
     (tmp_path / "kafka-clients.jar").touch()
     (tmp_path / "spark-sql-kafka.jar").touch()
@@ -225,6 +225,9 @@ def test_a_standalone_cluster_gets_the_connector_jars_and_small_executors(tmp_pa
     assert cluster["spark.driver.extraClassPath"] == str(tmp_path / "*")
     assert (cluster["spark.executor.memory"], cluster["spark.executor.cores"]) == ("768m", "1")
     assert cluster["spark.cores.max"] == "1"
+    # Every JVM that runs tasks lets HotSpot compile the parse's large generated method.
+    assert local["spark.driver.extraJavaOptions"] == JIT_OPTIONS
+    assert cluster["spark.executor.extraJavaOptions"] == JIT_OPTIONS
 
 
 def test_spark_services_use_explicit_ports_from_the_environment(tmp_path: Path) -> None:

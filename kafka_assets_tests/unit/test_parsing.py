@@ -507,6 +507,67 @@ def test_the_fast_path_agrees_with_the_checks_on_the_shop(
     assert fast.where("error IS NOT NULL").count() > 20
 
 
+NESTED = FormatSpec.model_validate(
+    {
+        "fields": {
+            "id": {"type": "string", "required": True},
+            "deep": {"type": "array<array<struct<a: int, b: array<string>>>>"},
+            "box": {"type": "struct<x: struct<y: int>, z: array<int>>"},
+        }
+    }
+)
+NESTED_CASES = [
+    ({"deep": [[{"a": 1, "b": ["s"]}], []], "box": {"x": {"y": 1}, "z": [1, 2]}}, True),
+    ({"deep": [], "box": {"x": {"y": 1}, "z": []}}, True),
+    ({"deep": [[{"a": 1, "b": []}, {"a": 2, "b": ["t", "u"]}]]}, True),
+    ({"deep": [[{"a": 1, "b": ["s"]}], None]}, False),  # a null inner array
+    ({"deep": [[{"a": 1, "b": ["s"]}, None]]}, False),  # a null element of an inner array
+    ({"deep": [[{"a": 1}]]}, False),  # a missing leaf, two arrays down
+    ({"deep": [[{"a": 1, "b": ["s", None]}]]}, False),  # a null in the innermost array
+    ({"deep": [[{"a": 1, "b": ["s"]}], [{"a": None, "b": ["s"]}]]}, False),
+    ({"box": {"x": {}, "z": [1]}}, False),  # a missing leaf in a nested struct
+    ({"box": {"x": {"y": 1}, "z": [None]}}, False),
+    ({"box": {"x": None, "z": [1]}}, False),
+]
+
+
+@pytest.mark.parametrize("path", ["jvm", "variant", "off"])
+def test_a_missing_leaf_at_any_depth_is_an_error(spark, path) -> None:
+    """Every nested leaf must be present, in arrays of arrays and structs of structs alike."""
+    rows = [
+        (b"k", doc(**fields), "t", 0, i, KAFKA_TIMESTAMP, 0)
+        for i, (fields, _) in enumerate(NESTED_CASES)
+    ]
+    df = spark.createDataFrame(rows, KAFKA_SOURCE_SCHEMA)
+    parsed = parse_messages(df, NESTED, fast=path).orderBy("offset").collect()
+    for (fields, valid), row in zip(NESTED_CASES, parsed, strict=True):
+        if valid:
+            assert row.error is None, (fields, row.error)
+            for name, value in fields.items():
+                assert json.loads(getattr(row, name)) == value
+        else:
+            name = next(iter(fields))
+            assert row.error and row.error.startswith(f"invalid {name}: expected"), fields
+
+
+def test_the_parse_is_code_generated_whole(orders) -> None:
+    """No step of the orders parse falls out of whole-stage code generation: one that did (it
+    took a higher-order function) made every message pay for a row materialized in between."""
+    df, _ = orders
+    plan = parse_messages(df, ORDERS_PIPELINE.format)._jdf.queryExecution().executedPlan()
+    outside, stack = [], [(plan, False)]
+    while stack:
+        node, in_stage = stack.pop()
+        name = node.getClass().getSimpleName()
+        if name == "ProjectExec" and not in_stage:
+            outside.append(node.toString()[:300])
+        # A stage's operators are its children down to an InputAdapter, which feeds it rows.
+        inside = (in_stage or name == "WholeStageCodegenExec") and name != "InputAdapter"
+        kids = node.children()
+        stack += [(kids.apply(i), inside) for i in range(kids.size())]
+    assert not outside, outside
+
+
 # -- an aggregate's `where`, tried before the full parse -----------------------------------------
 
 
