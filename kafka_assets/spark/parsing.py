@@ -259,14 +259,14 @@ def _fast_path(
     """
     if vouched is not None:
         read = vouched
-        ok = F.col("_utf8") & read.isNotNull()
+        ok = read.isNotNull()  # it vouches only for well-formed UTF-8
     else:
         schema = ", ".join(f"`{n}` {_read_type(f.parsed_type)}" for n, f in fmt.fields.items())
         read = F.from_json(
             text, f"{schema}, `{_CORRUPT}` string", {"columnNameOfCorruptRecord": _CORRUPT}
         )
         ok = (
-            F.col("_utf8")
+            F.is_valid_utf8(text)
             & F.schema_of_variant(F.try_parse_json(text)).rlike(shape)
             & read[_CORRUPT].isNull()
             & read.isNotNull()
@@ -318,7 +318,6 @@ def parse_messages(raw: DataFrame, fmt: FormatSpec, fast: FastPath = "auto") -> 
         F.col("timestamp").alias("kafka_timestamp"),
         F.col("key").cast("string").alias("key"),
         "value",
-        F.is_valid_utf8(text).alias("_utf8"),
     )
     shape = document_shape(fmt) if fast != "off" else None
     vouched = None
@@ -334,9 +333,6 @@ def parse_messages(raw: DataFrame, fmt: FormatSpec, fast: FastPath = "auto") -> 
     df = df.select("*", F.when(~F.col("_fast"), F.try_parse_json(text)).alias("_doc"))
     df = df.select(
         "*",
-        # A parsed document is an object when its text opens with `{`: a test on the first
-        # character, where the document's whole schema as a string cost 15% of the parse.
-        F.ltrim(text, F.lit(_JSON_WHITESPACE)).startswith("{").alias("_object"),
         *(F.try_variant_get("_doc", f"$['{n}']", "variant").alias(f"_v_{n}") for n in fields),
     )
     df = df.select("*", *(F.schema_of_variant(f"_v_{n}").alias(f"_t_{n}") for n in scalar))
@@ -366,9 +362,15 @@ def parse_messages(raw: DataFrame, fmt: FormatSpec, fast: FastPath = "auto") -> 
 
     checks = [
         F.when(F.col("value").isNull() | (F.length("value") == 0), F.lit("empty message value")),
-        F.when(~F.col("_utf8"), F.lit("invalid UTF-8")),
+        # Inline, not columns: only the messages the fast path left are tested.
+        F.when(~F.is_valid_utf8(text), F.lit("invalid UTF-8")),
         F.when(F.col("_doc").isNull(), F.lit("invalid JSON")),
-        F.when(~F.col("_object"), F.lit("not a JSON object")),
+        # A parsed document is an object when its text opens with `{`: a test on the first
+        # character, where the document's whole schema as a string cost 15% of the parse.
+        F.when(
+            ~F.ltrim(text, F.lit(_JSON_WHITESPACE)).startswith("{"),
+            F.lit("not a JSON object"),
+        ),
     ]
     absent = {n: F.col(f"_v_{n}").isNull() | F.is_variant_null(f"_v_{n}") for n in fields}
     got = {n: F.substring(F.to_json(F.col(f"_v_{n}")), 1, 80) for n in fields}

@@ -336,6 +336,11 @@ CASES = [
     (None, "empty message value"),
     (b"", "empty message value"),
     (b'{"id": "\xff"}', "invalid UTF-8"),
+    (b'{"id": "\xc0\x80"}', "invalid UTF-8"),  # an overlong NUL
+    (b'{"id": "\xed\xa0\x80"}', "invalid UTF-8"),  # a surrogate
+    (b'{"id": "\xf4\x90\x80\x80"}', "invalid UTF-8"),  # past U+10FFFF
+    (b'{"id": "abcdefgh\xe2\x82"}', "invalid UTF-8"),  # cut short, after 8 ASCII bytes
+    (b'{"\xe2\x82": 1, "id": "a"}', "invalid UTF-8"),  # in a key
     (b'{"id": "a", "id": "b"}', "invalid JSON"),
     (b'{"id": NaN}', "invalid JSON"),
     (b"[1, 2]", "not a JSON object"),
@@ -414,6 +419,8 @@ FAST_RULES = RULES.model_copy(
 )
 """The rules without the `json` field: a format the fast path covers."""
 
+RAW_UTF8 = '{"id": "\u00e9\U0001f600 abcdefgh \u4e2d", "kind": "a"}'.encode()
+"""Well-formed UTF-8 as it is, not escaped (json.dumps escapes by default)."""
 FAST_CASES = [
     VALID,
     doc(
@@ -444,6 +451,7 @@ FAST_CASES = [
     b'{"id": "a", "money": "12.5"}',
     b'{"id": "a", "flag": "true"}',
     b'{"id": "a", "at": 20261124}',
+    RAW_UTF8,
 ]
 
 
@@ -492,6 +500,7 @@ def test_the_fast_path_agrees_with_the_checks_on_every_rule(spark, path) -> None
     fast_offsets = {r.offset for r in vouched if r.m}
     first = len(CASES)
     assert {first + 1, first + 2, first + 3} <= fast_offsets  # these really went the fast way
+    assert values.index(RAW_UTF8) in fast_offsets and RAW_UTF8 in accepted
 
 
 @pytest.mark.parametrize("path", ["jvm", "variant"])
