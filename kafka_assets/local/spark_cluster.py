@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kafka_assets.local.procs import ServiceError, port_open, read_pid, stop_service
 from kafka_assets.paths import SPARK_JARS_DIR
-from kafka_assets.spark.resources import JIT_OPTIONS, LOCAL_MASTER, sql_config
+from kafka_assets.spark.resources import JVM_OPTIONS, LOCAL_MASTER, sql_config
 
 HOST = "127.0.0.1"
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
@@ -221,7 +221,7 @@ class SparkConnectServer:
             "spark.connect.grpc.binding.address": HOST,
             "spark.connect.grpc.binding.port": str(self.port),
             "spark.driver.host": HOST,
-            "spark.driver.extraJavaOptions": JIT_OPTIONS,
+            "spark.driver.extraJavaOptions": JVM_OPTIONS,
             "spark.ui.enabled": "false",
             **sql_config(),
         }

@@ -32,10 +32,15 @@ def spark_kind(master: str) -> str:
     )
 
 
-JIT_OPTIONS = "-XX:-DontCompileHugeMethods"
-"""For every JVM that runs Spark tasks. HotSpot leaves a method over 8,000 bytes of bytecode to
-its interpreter, and the parse's whole-stage generated method is over that (11 kB for the shop's
-orders): compiled, the parse takes about a quarter less CPU."""
+JVM_OPTIONS = "-XX:-DontCompileHugeMethods -XX:+UseParallelGC"
+"""For every JVM that runs Spark tasks.
+
+HotSpot leaves a method over 8,000 bytes of bytecode to its interpreter, and the parse's
+whole-stage generated method is over that (11 kB for the shop's orders): compiled, the parse
+takes about a quarter less CPU. The throughput collector costs the parse's many short-lived
+objects less than G1 (its write barriers and concurrent threads): a stream of 1M orders took
+12.2 core-seconds instead of 13.9. Its pauses (0.2 s at most there) do not matter to batches.
+"""
 
 
 def sql_config() -> dict[str, str]:
@@ -74,7 +79,7 @@ def spark_config(
         # too, but SparkContext then logs an ERROR for it on every start.
         "spark.driver.extraClassPath": str(jars_dir / "*"),
         "spark.driver.memory": "2g",
-        "spark.driver.extraJavaOptions": JIT_OPTIONS,
+        "spark.driver.extraJavaOptions": JVM_OPTIONS,
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         **sql_config(),
@@ -87,7 +92,7 @@ def spark_config(
         config["spark.driver.memory"] = "1g"  # the executors do the work now
         config["spark.executor.memory"] = executor_memory
         config["spark.executor.cores"] = str(executor_cores)
-        config["spark.executor.extraJavaOptions"] = JIT_OPTIONS
+        config["spark.executor.extraJavaOptions"] = JVM_OPTIONS
         config["spark.cores.max"] = str(max_cores)
     return config
 

@@ -210,7 +210,7 @@ def test_spark_master_names_the_kind_of_spark() -> None:
 
 
 def test_a_standalone_cluster_gets_the_connector_jars_and_small_executors(tmp_path: Path) -> None:
-    from kafka_assets.spark.resources import JIT_OPTIONS, spark_config
+    from kafka_assets.spark.resources import JVM_OPTIONS, spark_config
 
     (tmp_path / "kafka-clients.jar").touch()
     (tmp_path / "spark-sql-kafka.jar").touch()
@@ -226,8 +226,8 @@ def test_a_standalone_cluster_gets_the_connector_jars_and_small_executors(tmp_pa
     assert (cluster["spark.executor.memory"], cluster["spark.executor.cores"]) == ("768m", "1")
     assert cluster["spark.cores.max"] == "1"
     # Every JVM that runs tasks lets HotSpot compile the parse's large generated method.
-    assert local["spark.driver.extraJavaOptions"] == JIT_OPTIONS
-    assert cluster["spark.executor.extraJavaOptions"] == JIT_OPTIONS
+    assert local["spark.driver.extraJavaOptions"] == JVM_OPTIONS
+    assert cluster["spark.executor.extraJavaOptions"] == JVM_OPTIONS
 
 
 def test_spark_services_use_explicit_ports_from_the_environment(tmp_path: Path) -> None:
