@@ -8,11 +8,11 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import java.lang.invoke.MethodHandles;
 import java.lang.invoke.VarHandle;
 import java.math.BigDecimal;
+import java.math.RoundingMode;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.CharacterCodingException;
 import java.nio.charset.StandardCharsets;
-import java.math.RoundingMode;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
@@ -26,8 +26,8 @@ import org.apache.spark.sql.api.java.UDF2;
  * The parse's fast path: one streaming pass over a message that vouches for it when it fits the
  * declared fields exactly, and returns their values.
  *
- * <p>It answers null ("not vouched for") at the first thing it is not sure of: invalid or
- * trailing JSON, a duplicated or undeclared key, a value of another JSON type, a number that
+ * <p>It answers null ("not vouched for") at the first thing it is not sure of: bytes that are not
+ * well-formed UTF-8, invalid or trailing JSON, a duplicated or undeclared key, a value of another JSON type, a number that
  * needs rounding beyond its declared scale or does not fit, a missing or null nested leaf. Such
  * a message then goes through the field-by-field checks in Spark, which decide and name the
  * error. So it only ever accepts what those checks accept, with the same values: timestamps and
